@@ -1,0 +1,58 @@
+"""Group the requests of one TorchServe batch into pipeline calls.
+
+Requests share a call when everything the pipeline takes as one scalar is equal (size, step count,
+guidance). Prompts, negative prompts and seeds stay per request, so any mix can be grouped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .schema import GenerationRequest
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    width: int
+    height: int
+    num_inference_steps: int
+    guidance_scale: float
+
+    @classmethod
+    def of(cls, request: GenerationRequest) -> GroupKey:
+        return cls(request.width, request.height, request.num_inference_steps, request.guidance_scale)
+
+
+@dataclass
+class Group:
+    """Requests (with their row positions) that run as ONE pipeline call."""
+
+    key: GroupKey
+    rows: list[int] = field(default_factory=list)
+    requests: list[GenerationRequest] = field(default_factory=list)
+
+    @property
+    def images(self) -> int:
+        return sum(r.num_images_per_prompt for r in self.requests)
+
+
+def group_requests(requests: dict[int, GenerationRequest], max_images_per_call: int) -> list[Group]:
+    """Groups in order of first appearance; a group never exceeds ``max_images_per_call`` images.
+
+    Args:
+        requests (`dict[int, GenerationRequest]`): valid requests keyed by their row in the batch.
+        max_images_per_call (`int`): cap on one call's images (bounds its memory); must be at least the
+            largest ``num_images_per_prompt``.
+    """
+    open_groups: dict[GroupKey, Group] = {}
+    groups: list[Group] = []
+    for row, request in requests.items():
+        key = GroupKey.of(request)
+        group = open_groups.get(key)
+        if group is None or group.images + request.num_images_per_prompt > max_images_per_call:
+            group = Group(key)
+            open_groups[key] = group
+            groups.append(group)
+        group.rows.append(row)
+        group.requests.append(request)
+    return groups

@@ -1,0 +1,63 @@
+"""Turn one TorchServe row into one JSON object, or raise InvalidRequest saying what was wrong.
+
+TorchServe hands a row's body over as a dict (application/json, decoded by TorchServe), a str (text/*) or
+bytes (anything else, invalid JSON, or every body when ``TS_DECODE_INPUT_REQUEST=false``, which our server
+script sets so that this module does the strict decoding: no duplicate keys, no NaN/Infinity).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import InvalidRequest
+
+# TorchServe's name for a raw body; "data" is what its form decoder and older clients use.
+BODY_KEYS = ("body", "data")
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidRequest(f"request body is not valid JSON: `{name}` is not a JSON number")
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidRequest(f"request body has the key `{key}` more than once", field=key, value=key)
+        result[key] = value
+    return result
+
+
+def parse_json_text(text: str) -> Any:
+    """Strict JSON: rejects NaN/Infinity and duplicate keys, and reports where it broke."""
+    try:
+        return json.loads(text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    except RecursionError:
+        raise InvalidRequest("request body is not valid JSON: nested too deeply") from None
+
+
+def decode_row(row: Any) -> Any:
+    """Return the JSON value a row carries (schema checks that it is an object)."""
+    if not isinstance(row, dict):
+        raise InvalidRequest(f"unexpected request row of type {type(row).__name__}")
+    value = next((row[key] for key in BODY_KEYS if row.get(key) is not None), None)
+    if value is None:
+        raise InvalidRequest(
+            "request body is empty; send one JSON object with the header `Content-Type: application/json` "
+            "(curl -d without it sends a form, which TorchServe swallows)"
+        )
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(
+                f"request body is not valid UTF-8: byte 0x{value[exc.start]:02x} at position {exc.start}"
+            ) from None
+    if isinstance(value, str):
+        if not value.strip():
+            raise InvalidRequest("request body is empty; send one JSON object such as {\"prompt\": \"a cat\"}")
+        return parse_json_text(value)
+    return value

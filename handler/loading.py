@@ -1,0 +1,104 @@
+"""Load an SDXL pipeline from a diffusers folder or hub id onto its device, dtype and attention backend.
+
+Real SDXL weights and the tiny test model go through the same ``from_pretrained`` call.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+from .settings import HandlerSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedPipeline:
+    pipeline: Any
+    device: torch.device
+    dtype: torch.dtype
+    attention: str  # "xformers" or "sdpa"
+    source: str
+
+
+def resolve_device(setting: str, gpu_id: int | None = None) -> torch.device:
+    """``auto``: the GPU TorchServe assigned (``gpu_id``) when CUDA is usable, else the CPU."""
+    if setting == "cpu":
+        return torch.device("cpu")
+    if setting.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"handler.device is {setting!r} but CUDA is not available")
+        return torch.device(setting)
+    if torch.cuda.is_available():
+        return torch.device("cuda", gpu_id or 0)
+    return torch.device("cpu")
+
+
+def resolve_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """``auto``: float16 on CUDA, float32 on CPU. float16 on CPU is refused (slow and lossy there)."""
+    if setting == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtype = getattr(torch, setting)
+    if dtype is torch.float16 and device.type == "cpu":
+        raise ConfigError("handler.dtype float16 needs a GPU; use float32 (or bfloat16) on the CPU")
+    return dtype
+
+
+def xformers_available() -> bool:
+    return importlib.util.find_spec("xformers") is not None
+
+
+def choose_attention(setting: str, device: torch.device) -> str:
+    """xformers only where it can run (importable, CUDA); PyTorch SDPA everywhere else."""
+    usable = device.type == "cuda" and xformers_available()
+    if setting == "xformers" and not usable:
+        raise ConfigError("handler.attention is 'xformers' but xformers is not installed or the device is not CUDA")
+    if setting == "sdpa":
+        return "sdpa"
+    return "xformers" if usable else "sdpa"
+
+
+def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = None) -> LoadedPipeline:
+    """Load ``source`` (a diffusers folder or hub id) as configured by ``settings``.
+
+    Args:
+        source (`str`): local folder or hub id passed to ``from_pretrained``.
+        settings (`HandlerSettings`): device, dtype, attention and optional VAE replacement.
+        gpu_id (`int`, defaults to None): the GPU TorchServe assigned to this worker.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline
+
+    # 1. Where and in which precision.
+    device = resolve_device(settings.device, gpu_id)
+    dtype = resolve_dtype(settings.dtype, device)
+
+    # 2. Load, replacing the VAE when configured (e.g. an fp16-safe one).
+    extra: dict[str, Any] = {}
+    if settings.vae_path:
+        extra["vae"] = AutoencoderKL.from_pretrained(settings.vae_path, dtype=dtype)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, **extra)
+    pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=True)
+
+    # 3. Attention backend. diffusers uses SDPA by default, so only xformers needs switching on.
+    attention = choose_attention(settings.attention, device)
+    if attention == "xformers":
+        pipeline.enable_xformers_memory_efficient_attention()
+
+    # SDXL's VAE overflows in float16; diffusers decodes in float32 when the VAE config says force_upcast.
+    vae_upcast = dtype is torch.float16 and bool(getattr(pipeline.vae.config, "force_upcast", False))
+    log.info(
+        "loaded %s on %s as %s, attention=%s, vae decode in %s",
+        source,
+        device,
+        str(dtype).removeprefix("torch."),
+        attention,
+        "float32 (force_upcast)" if vae_upcast else str(pipeline.vae.dtype).removeprefix("torch."),
+    )
+    return LoadedPipeline(pipeline=pipeline, device=device, dtype=dtype, attention=attention, source=source)

@@ -1,0 +1,120 @@
+"""The ``handler:`` section of the model yaml, read into one typed settings object.
+
+Unknown keys are a startup error (a typo must not silently fall back to a default). Every key, its default
+and meaning is listed in :data:`HandlerSettings` below and in the README's configuration reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ConfigError
+from .schema import OUTPUT_FORMATS, Defaults, Limits, check_defaults
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+ATTENTIONS = ("auto", "sdpa", "xformers")
+
+
+@dataclass(frozen=True)
+class WarmupShape:
+    """One warmup generation run in ``initialize`` before the model reports READY."""
+
+    width: int
+    height: int
+    num_inference_steps: int = 2
+    batch_images: int = 1
+
+
+@dataclass(frozen=True)
+class HandlerSettings:
+    """Everything the handler reads from the model yaml's ``handler:`` section.
+
+    Args:
+        model_path (`str`, defaults to None): a diffusers folder or hub id to load; None loads the folder
+            packed into the archive (the model dir).
+        vae_path (`str`, defaults to None): optional replacement VAE (e.g. an fp16-safe one) folder or hub id.
+        device (`str`, defaults to "auto"): "auto" uses the GPU TorchServe assigns, else the CPU.
+        dtype (`str`, defaults to "auto"): "auto" is float16 on CUDA and float32 on CPU.
+        attention (`str`, defaults to "auto"): "auto" uses xformers when importable and on CUDA, else
+            PyTorch SDPA; "xformers" fails at startup when it cannot be used.
+        max_images_per_call (`int`, defaults to 8): most images one pipeline call may make; larger groups
+            are split.
+        max_response_bytes (`int`, defaults to 50 MiB): a reply larger than this becomes a 507 error instead
+            of being sent; keep it <= config.properties ``max_response_size`` (TorchServe kills a worker that
+            sends more).
+        png_compress_level (`int`, defaults to 6): zlib level for PNG (0-9; lower is faster, bigger).
+        jpeg_quality / webp_quality (`int`, defaults to 90): encoder quality (1-100).
+        warmup (`list`, defaults to one run at the default size): shapes generated once in ``initialize``.
+        defaults / limits: request defaults and bounds, see :mod:`handler.schema`.
+    """
+
+    model_path: str | None = None
+    vae_path: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "auto"
+    max_images_per_call: int = 8
+    max_response_bytes: int = 50 * 1024 * 1024
+    png_compress_level: int = 6
+    jpeg_quality: int = 90
+    webp_quality: int = 90
+    warmup: tuple[WarmupShape, ...] | None = None
+    defaults: Defaults = field(default_factory=Defaults)
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_yaml(cls, model_yaml: dict[str, Any] | None) -> HandlerSettings:
+        """Read ``model_yaml["handler"]`` (TorchServe's ``context.model_yaml_config``)."""
+        section = dict((model_yaml or {}).get("handler") or {})
+        limits = _build(Limits, section.pop("limits", None), "handler.limits")
+        defaults = _build(Defaults, section.pop("defaults", None), "handler.defaults")
+        warmup = section.pop("warmup", None)
+        if warmup is not None:
+            if not isinstance(warmup, list):
+                raise ConfigError(f"handler.warmup must be a list of shapes but is {warmup!r}")
+            warmup = tuple(_build(WarmupShape, shape, "handler.warmup[]") for shape in warmup)
+        settings = _build(cls, section, "handler", limits=limits, defaults=defaults, warmup=warmup)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("attention", ATTENTIONS)):
+            value = getattr(self, name)
+            if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
+                raise ConfigError(f"handler.{name} must be one of {', '.join(allowed)} but is {value!r}")
+        if self.defaults.output_format not in OUTPUT_FORMATS:
+            raise ConfigError(f"handler.defaults.output_format must be one of {OUTPUT_FORMATS}")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ConfigError(f"handler.png_compress_level must be 0..9 but is {self.png_compress_level}")
+        if self.max_images_per_call < self.limits.max_images_per_prompt:
+            raise ConfigError("handler.max_images_per_call must be >= handler.limits.max_images_per_prompt")
+        check_defaults(self.limits, self.defaults)
+
+    def warmup_shapes(self) -> tuple[WarmupShape, ...]:
+        if self.warmup is not None:
+            return self.warmup
+        return (WarmupShape(self.defaults.width, self.defaults.height),)
+
+    def with_changes(self, **changes: Any) -> HandlerSettings:
+        return replace(self, **changes)
+
+
+def _build(cls: type, values: Any, where: str, **fixed: Any) -> Any:
+    values = dict(values or {})
+    known = {f.name for f in fields(cls)} - set(fixed)
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    for f in fields(cls):
+        default = f.default
+        if f.name in values and isinstance(default, (bool, int, float, str)):
+            value = values[f.name]
+            expected = (int, float) if type(default) is float else type(default)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+                raise ConfigError(f"{where}.{f.name} must be {type(default).__name__} but is {value!r}")
+    try:
+        return cls(**values, **fixed)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
