@@ -37,6 +37,8 @@ def parse_json_text(text: str) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
     except RecursionError:
         raise InvalidRequest("request body is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal beyond Python's 4300-digit conversion limit
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
 
 
 def decode_row(row: Any) -> Any:

@@ -88,8 +88,10 @@ def error_reply(exc: BaseException) -> Reply:
 
 def _jsonable(value: Any) -> Any:
     """Echo a rejected value back only in a short JSON-safe form (it may be huge or not JSON at all)."""
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if value.bit_length() <= 64 else f"<integer of {value.bit_length()} bits>"
     if isinstance(value, float):
         return value if value == value and abs(value) != float("inf") else repr(value)
     text = value if isinstance(value, str) else repr(value)

@@ -39,16 +39,13 @@ class Batch:
     """One handler call's rows on their way through the stages."""
 
     started: float
+    size: int
     requests: dict[int, GenerationRequest] = field(default_factory=dict)
     errors: dict[int, Reply] = field(default_factory=dict)
     images: dict[int, list[Any]] = field(default_factory=dict)
     timings: dict[int, dict[str, float]] = field(default_factory=dict)
     group_of: dict[int, dict[str, int]] = field(default_factory=dict)
     groups: int = 0
-
-    @property
-    def size(self) -> int:
-        return len(self.requests) + len(self.errors)
 
 
 class SDXLService:
@@ -80,7 +77,7 @@ class SDXLService:
 
     def parse(self, rows: list[Any]) -> Batch:
         """Decode and validate every row; draw the seeds the requests left out."""
-        batch = Batch(started=time.perf_counter())
+        batch = Batch(started=time.perf_counter(), size=len(rows))
         for row_index, row in enumerate(rows):
             try:
                 request = parse_request(decode_row(row), self.settings.limits, self.settings.defaults)

@@ -1,0 +1,163 @@
+"""Start, wait for, query and stop a local TorchServe: shared by scripts/server.py and the integration tests.
+
+TorchServe facts this relies on (see README.md#configuration): ``torchserve --start`` returns at once and
+its java child inherits stdout, so output goes to a log file, never a pipe; the pid file and unpacked
+models live under $TEMP, so each server gets its own TEMP; token keys are written to key_file.json in the
+directory the server starts in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_CONFIG = REPO_ROOT / "config" / "config.properties"
+MODEL_NAME = "stable-diffusion-xl"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def write_config(target: Path, overrides: dict[str, str], base: Path = SHIPPED_CONFIG) -> Path:
+    """The shipped config.properties with ``overrides`` applied (comments kept, new keys appended)."""
+    lines, seen = [], set()
+    for line in base.read_text().splitlines():
+        match = re.match(r"\s*([A-Za-z_.]+)\s*=", line)
+        if match and match.group(1) in overrides:
+            key = match.group(1)
+            line = f"{key}={overrides[key]}"
+            seen.add(key)
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in overrides.items() if key not in seen]
+    target.write_text("\n".join(lines) + "\n")
+    return target
+
+
+@dataclass
+class TorchServe:
+    """One TorchServe server with its own working directory, TEMP dir and config.
+
+    Args:
+        workdir (`Path`): where it starts (key_file.json, logs/ and temp/ land here).
+        config (`Path`): the config.properties to use.
+        model_store (`Path`): folder with the archives.
+        extra_args (`list[str]`): more ``torchserve --start`` flags (e.g. ``--disable-token-auth``).
+    """
+
+    workdir: Path
+    config: Path
+    model_store: Path
+    extra_args: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir).resolve()
+        props = read_properties(Path(self.config))
+        self.inference_url = props.get("inference_address", "http://127.0.0.1:8080")
+        self.management_url = props.get("management_address", "http://127.0.0.1:8081")
+        self.metrics_url = props.get("metrics_address", "http://127.0.0.1:8082")
+        self.log_file = self.workdir / "logs" / "torchserve.out"
+
+    @property
+    def env(self) -> dict[str, str]:
+        temp = self.workdir / "temp"
+        temp.mkdir(parents=True, exist_ok=True)
+        return {**os.environ, "TEMP": str(temp), "TMPDIR": str(temp)}
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            shutil.which("torchserve") or "torchserve",
+            "--start",
+            "--ncs",
+            "--ts-config",
+            str(Path(self.config).resolve()),
+            "--model-store",
+            str(Path(self.model_store).resolve()),
+            *self.extra_args,
+        ]
+        with open(self.log_file, "ab") as log:
+            subprocess.run(command, cwd=self.workdir, env=self.env, stdout=log, stderr=log, check=True)
+
+    def stop(self, timeout: float = 60) -> None:
+        with open(self.log_file, "ab") as log:
+            subprocess.run(
+                [shutil.which("torchserve") or "torchserve", "--stop"],
+                cwd=self.workdir, env=self.env, stdout=log, stderr=log, check=False, timeout=timeout,
+            )
+        pid_file = self.workdir / "temp" / ".model_server.pid"
+        deadline = time.monotonic() + timeout
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    # -- keys and requests ------------------------------------------------------------------------
+
+    def keys(self) -> dict[str, str]:
+        """Token keys by API ("inference", "management"); empty when token auth is off."""
+        key_file = self.workdir / "key_file.json"
+        if not key_file.exists():
+            return {}
+        data = json.loads(key_file.read_text())
+        return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
+
+    def headers(self, api: str = "inference") -> dict[str, str]:
+        key = self.keys().get(api)
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def predict(self, body: dict | bytes | str, *, model: str = MODEL_NAME, timeout: float = 300,
+                headers: dict[str, str] | None = None) -> requests.Response:
+        url = f"{self.inference_url}/predictions/{model}"
+        all_headers = {"Content-Type": "application/json", **self.headers("inference"), **(headers or {})}
+        data = json.dumps(body) if isinstance(body, dict) else body
+        return requests.post(url, data=data, headers=all_headers, timeout=timeout)
+
+    def describe(self, model: str = MODEL_NAME) -> list[dict]:
+        response = requests.get(f"{self.management_url}/models/{model}", headers=self.headers("management"),
+                                timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def worker_pids(self, model: str = MODEL_NAME) -> list[int]:
+        return [worker["pid"] for worker in self.describe(model)[0]["workers"] if worker.get("status") == "READY"]
+
+    def wait_ready(self, model: str = MODEL_NAME, timeout: float = 300) -> None:
+        """Block until ``model`` has a READY worker; raise with the log's tail if it never comes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.worker_pids(model):
+                    return
+            except (requests.RequestException, KeyError, IndexError, ValueError):
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"{model} not READY after {timeout:.0f} s; log tail:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        texts = []
+        for path in [self.log_file, *sorted((self.workdir / "logs").glob("*.log"))]:
+            if path.exists():
+                texts.append(f"== {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+        return "\n".join(texts)

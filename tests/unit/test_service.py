@@ -1,0 +1,113 @@
+"""The serving core end to end on the tiny pipeline, rows in and replies out, without TorchServe."""
+
+import base64
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from handler.service import SDXLService
+
+
+def row(**body):
+    return {"body": json.dumps(body).encode()}
+
+
+def decode_images(reply):
+    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in reply.json()["images"]]
+
+
+def test_a_bad_row_fails_alone_and_replies_keep_row_order(service):
+    replies = service.handle([
+        row(prompt="one", seed=1),
+        row(prompt="two", width=1001),
+        {"body": b"{not json"},
+        row(prompt="four", seed=4, width=96, output_format="jpeg"),
+    ])
+    assert [r.status for r in replies] == [200, 400, 400, 200]
+    assert replies[1].json()["error"]["field"] == "width"
+    assert "`width` must be between 32 and 512 but is 1001" in replies[1].json()["error"]["message"]
+    assert "not valid JSON" in replies[2].json()["error"]["message"]
+    assert replies[0].json()["parameters"]["prompt"] == "one"
+    assert replies[3].json()["parameters"]["prompt"] == "four"
+    assert replies[3].json()["batch"] == {
+        "requests": 4, "rejected": 2, "groups": 2, "group_requests": 1, "group_images": 1,
+    }
+
+
+@pytest.mark.parametrize(("output_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
+def test_images_come_back_encoded_at_the_requested_size(service, output_format, pil_format):
+    reply = service.handle([row(prompt="x", width=96, height=64, output_format=output_format,
+                                num_images_per_prompt=2)])[0]
+    body = reply.json()
+    assert reply.status == 200 and reply.content_type == "application/json"
+    assert body["content_type"] == f"image/{output_format}"
+    images = decode_images(reply)
+    assert [(i.format, i.size) for i in images] == [(pil_format, (96, 64))] * 2
+
+
+def test_seeds_are_drawn_when_absent_and_echoed_with_every_parameter(service):
+    given, drawn = service.handle([row(prompt="a", seed=5, num_images_per_prompt=2), row(prompt="b")])
+    assert given.json()["seeds"] == [5, 6]
+    assert drawn.json()["seeds"] == [1000]
+    parameters = drawn.json()["parameters"]
+    assert parameters["seed"] == 1000 and parameters["width"] == 64 and parameters["num_inference_steps"] == 4
+    assert set(drawn.json()["timings_ms"]) == {"encode_prompt", "denoise", "vae_decode", "encode_image", "total"}
+
+
+def test_echoed_seed_reproduces_the_image(service):
+    first = service.handle([row(prompt="a cat")])[0].json()
+    again = service.handle([row(prompt="a cat", seed=first["seeds"][0])])[0].json()
+    assert again["images"] == first["images"]
+
+
+def _fail_unet_for_width(monkeypatch, loaded, latent_width, exc):
+    unet = loaded.pipeline.unet
+    real_forward = unet.forward
+
+    def forward(sample, *args, **kwargs):
+        if sample.shape[-1] == latent_width:
+            raise exc
+        return real_forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward)
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "kind"),
+    [(RuntimeError("kernel exploded"), 500, "ServingError"), (torch.OutOfMemoryError("out of memory"), 507,
+                                                              "OutOfMemory")],
+)
+def test_a_failing_group_fails_only_its_own_rows(service, tiny_loaded, monkeypatch, exc, status, kind):
+    # The tiny VAE halves the size: 128 px wide images have 64-wide latents.
+    _fail_unet_for_width(monkeypatch, tiny_loaded, 64, exc)
+    replies = service.handle([row(prompt="ok", seed=1), row(prompt="boom", width=128), row(prompt="ok2", seed=2)])
+    assert [r.status for r in replies] == [200, status, 200]
+    error = replies[1].json()["error"]
+    assert error["type"] == kind and str(exc) in error["message"]
+    # The service is still usable for the same shape once the fault is gone.
+    monkeypatch.undo()
+    assert service.handle([row(prompt="boom", width=128)])[0].status == 200
+
+
+def test_a_reply_over_max_response_bytes_becomes_a_507_for_that_row_only(tiny_loaded, tiny_settings):
+    small = SDXLService(tiny_loaded, tiny_settings.with_changes(max_response_bytes=20_000), seed_source=lambda: 1)
+    replies = small.handle([row(prompt="a"), row(prompt="b", num_images_per_prompt=4)])
+    assert replies[0].status == 200
+    assert replies[1].status == 507
+    assert "exceeds max_response_bytes=20000" in replies[1].json()["error"]["message"]
+
+
+def test_warmup_runs_every_configured_shape(tiny_loaded, tiny_settings):
+    from handler.settings import WarmupShape
+
+    shapes = (WarmupShape(64, 64, 1, 1), WarmupShape(96, 32, 2, 2))
+    warm = SDXLService(tiny_loaded, tiny_settings.with_changes(warmup=shapes))
+    assert len(warm.warmup()) == 2
+
+
+def test_from_model_dir_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
+    service = SDXLService.from_model_dir(str(tmp_path), {"handler": {"model_path": str(tiny_model_dir)}})
+    assert service.loaded.source == str(tiny_model_dir)
