@@ -1,0 +1,55 @@
+"""A real TorchServe on 127.0.0.1 with the shipped config (token auth on), its own ports, TEMP and workdir.
+
+The archive is built by scripts/build_archive.py from the tiny model, exactly as the quickstart does.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from scripts.build_archive import build_archive
+from scripts.torchserve_control import TorchServe, free_port, write_config
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory):
+    if shutil.which("java") is None:
+        pytest.fail("Java 17+ is needed for the TorchServe integration tests (apt-get install openjdk-17-jre-headless)")
+    root = tmp_path_factory.mktemp("archive")
+    build_archive("tiny", export_path=root / "model_store", build_dir=root / "build")
+    return root / "model_store"
+
+
+def start_server(workdir, model_store, **overrides) -> TorchServe:
+    config = write_config(
+        workdir / "config.properties",
+        {
+            "inference_address": f"http://127.0.0.1:{free_port()}",
+            "management_address": f"http://127.0.0.1:{free_port()}",
+            "metrics_address": f"http://127.0.0.1:{free_port()}",
+            **overrides,
+        },
+    )
+    server = TorchServe(workdir=workdir, config=config, model_store=model_store)
+    server.start()
+    try:
+        server.wait_ready(timeout=240)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model_store):
+    server = start_server(tmp_path_factory.mktemp("torchserve"), model_store)
+    yield server
+    server.stop()

@@ -1,0 +1,137 @@
+"""Real HTTP against a real TorchServe serving the tiny model through our handler."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+from PIL import Image
+
+from scripts.torchserve_control import MODEL_NAME
+
+
+def images_of(response) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in response.json()["images"]]
+
+
+def concurrently(server, bodies: list) -> list[requests.Response]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(server.predict, bodies))
+
+
+def test_readme_curl_returns_an_image(server):
+    # The README's request, sent by curl itself, plus the token header the shipped config requires.
+    url = f"{server.inference_url}/predictions/{MODEL_NAME}"
+    result = subprocess.run(
+        ["curl", "-sS", "-X", "POST", url, "-H", "Content-Type: application/json",
+         "-H", f"Authorization: Bearer {server.keys()['inference']}",
+         "-d", '{"prompt": "A beautiful sunset over mountains"}', "-w", "\n%{http_code}"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    body, status = result.stdout.rsplit("\n", 1)
+    assert status == "200", body[:500]
+    document = json.loads(body)
+    image = Image.open(io.BytesIO(base64.b64decode(document["images"][0])))
+    assert (image.format, image.size) == ("PNG", (64, 64))
+    assert document["parameters"]["prompt"] == "A beautiful sunset over mountains"
+    assert isinstance(document["seeds"][0], int)
+
+
+def test_token_authorization_is_on_by_default(server):
+    url = f"{server.inference_url}/predictions/{MODEL_NAME}"
+    no_key = requests.post(url, json={"prompt": "x"}, timeout=30)
+    wrong_key = requests.post(url, json={"prompt": "x"}, headers={"Authorization": "Bearer nope"}, timeout=30)
+    management_key = requests.post(url, json={"prompt": "x"}, headers=server.headers("management"), timeout=30)
+    for response in (no_key, wrong_key, management_key):
+        assert response.status_code == 400
+        assert response.json()["type"] == "InvalidKeyException"
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
+    bodies = [{"prompt": f"request {i}", "seed": i} for i in range(8)]
+    responses = concurrently(server, bodies)
+    assert [r.status_code for r in responses] == [200] * 8
+    assert [r.json()["parameters"]["prompt"] for r in responses] == [b["prompt"] for b in bodies]
+    assert [r.json()["seeds"] for r in responses] == [[i] for i in range(8)]
+    batch_sizes = [r.json()["batch"]["requests"] for r in responses]
+    # The handler's own accounting: TorchServe delivered batches of up to batchSize=4, and at least one > 1.
+    assert max(batch_sizes) > 1 and max(batch_sizes) <= 4, batch_sizes
+
+
+def _while_worker_is_busy(server, bodies: list) -> list[requests.Response]:
+    """Send ``bodies`` at once while a slow request occupies the worker, so they queue up as one batch."""
+    with ThreadPoolExecutor(len(bodies) + 1) as pool:
+        blocker = pool.submit(server.predict, {"prompt": "slow", "num_inference_steps": 40, "seed": 0})
+        time.sleep(0.5)
+        responses = list(pool.map(server.predict, bodies))
+        assert blocker.result().status_code == 200
+    return responses
+
+
+def test_a_bad_request_inside_a_batch_fails_alone(server):
+    bodies = [
+        {"prompt": "good one", "seed": 1},
+        {"prompt": "bad", "width": 100},
+        {"prompt": "good two", "seed": 2, "output_format": "jpeg"},
+        {"prompt": "good three", "seed": 3, "width": 96},
+    ]
+    responses = _while_worker_is_busy(server, bodies)
+    assert [r.status_code for r in responses] == [200, 400, 200, 200]
+    error = responses[1].json()["error"]
+    assert error["field"] == "width" and error["value"] == 100
+    assert "`width` must be divisible by 8 but is 100" in error["message"]
+    for response in (responses[0], responses[2], responses[3]):
+        assert response.json()["batch"]["requests"] == 4
+        assert response.json()["batch"]["rejected"] == 1
+    assert images_of(responses[2])[0].format == "JPEG"
+    assert images_of(responses[3])[0].size == (96, 64)
+
+
+def test_same_request_same_image_alone_or_batched(server):
+    target = {"prompt": "a lighthouse at dawn", "seed": 1234, "negative_prompt": "blurry"}
+    alone = server.predict(target)
+    batched = _while_worker_is_busy(server, [{"prompt": "other", "seed": 9}, target, {"prompt": "x", "seed": 5}])
+    assert alone.json()["batch"]["requests"] == 1
+    assert batched[1].json()["batch"]["requests"] == 3
+    assert batched[1].json()["images"] == alone.json()["images"]
+
+
+def test_malformed_bodies_get_clear_400s(server):
+    url = f"{server.inference_url}/predictions/{MODEL_NAME}"
+    auth = server.headers()
+    cases = [
+        (b'{"prompt": "a",', {"Content-Type": "application/json"}, "not valid JSON"),
+        (b"\xff\xfe\x00", {"Content-Type": "application/octet-stream"}, "not valid UTF-8"),
+        (b'["a cat"]', {"Content-Type": "application/json"}, "must be a JSON object but is an array"),
+        (b'{"prompt": "a", "prompt": "b"}', {"Content-Type": "application/json"}, "more than once"),
+        (b'{"prompt": "a", "guidance_scale": NaN}', {"Content-Type": "application/json"}, "not a JSON number"),
+        (b'{"prompt": "a", "sampler": "ddim"}', {"Content-Type": "application/json"}, "unknown field(s) `sampler`"),
+        # curl -d without a Content-Type sends a form, which TorchServe's form decoder swallows.
+        (b'{"prompt": "a"}', {"Content-Type": "application/x-www-form-urlencoded"}, "curl -d without it"),
+    ]
+    for body, headers, message in cases:
+        response = requests.post(url, data=body, headers={**auth, **headers}, timeout=60)
+        assert response.status_code == 400, (body, response.text)
+        assert message in response.json()["error"]["message"], (body, response.text)
+
+
+def test_json_sent_as_text_is_accepted(server):
+    url = f"{server.inference_url}/predictions/{MODEL_NAME}"
+    response = requests.post(url, data='{"prompt": "as text", "seed": 2}',
+                             headers={**server.headers(), "Content-Type": "text/plain"}, timeout=60)
+    assert response.status_code == 200
+    assert response.json()["seeds"] == [2]
+
+
+def test_worker_survives_errors_and_keeps_serving(server):
+    pid_before = server.worker_pids()
+    bad = [{"prompt": ""}, {"prompt": "x", "seed": -5}, {"prompt": "x", "num_images_per_prompt": 99}]
+    assert [r.status_code for r in concurrently(server, bad)] == [400, 400, 400]
+    good = server.predict({"prompt": "still alive", "seed": 11})
+    assert good.status_code == 200
+    assert server.worker_pids() == pid_before

@@ -1,0 +1,67 @@
+"""The TorchServe adapter through TorchServe's own Context and RequestProcessor (no server).
+
+The only stand-in is the metrics sink: a real one needs a running frontend.
+"""
+
+import json
+
+import pytest
+
+ts_context = pytest.importorskip("ts.context")
+
+from handler.torchserve_handler import StableDiffusionXLHandler  # noqa: E402
+from tests.conftest import tiny_yaml  # noqa: E402
+
+
+class RecordingMetrics:
+    def __init__(self):
+        self.times = []
+
+    def add_time(self, name, value, idx=None, unit="ms"):
+        self.times.append(name)
+
+
+def make_context(model_dir, rows: int):
+    context = ts_context.Context(
+        model_name="stable-diffusion-xl",
+        model_dir=str(model_dir),
+        manifest={"model": {"modelName": "stable-diffusion-xl"}},
+        batch_size=4,
+        gpu=None,
+        mms_version="0.12.0",
+        metrics=RecordingMetrics(),
+        model_yaml_config=tiny_yaml(),
+    )
+    context.request_processor = [ts_context.RequestProcessor({}) for _ in range(rows)]
+    return context
+
+
+@pytest.fixture(scope="module")
+def handler(tiny_model_dir):
+    handler = StableDiffusionXLHandler()
+    handler.initialize(make_context(tiny_model_dir, 1))
+    return handler
+
+
+def test_initialize_loads_and_warms_up(handler):
+    assert handler.initialized
+    assert handler.service.loaded.attention == "sdpa"
+
+
+def test_handle_sets_each_rows_own_status_and_content_type(handler, tiny_model_dir):
+    rows = [
+        {"body": b'{"prompt": "a cat", "seed": 3}'},
+        {"body": b'{"prompt": "a cat", "cfg": 7}'},
+        {"body": bytearray(b'{"prompt": "a dog", "seed": 4}')},
+    ]
+    context = make_context(tiny_model_dir, len(rows))
+    bodies = handler.handle(rows, context)
+
+    assert len(bodies) == 3 and all(isinstance(b, bytes) for b in bodies)
+    assert [context.get_response_status(i)[0] for i in range(3)] == [200, 400, 200]
+    assert context.get_response_status(1) == (400, "Bad Request")
+    assert [context.get_response_content_type(i) for i in range(3)] == ["application/json"] * 3
+    assert json.loads(bodies[1])["error"]["field"] == "cfg"
+    assert json.loads(bodies[0])["seeds"] == [3]
+    assert json.loads(bodies[2])["batch"]["requests"] == 3
+    assert "HandlerTime" in context.metrics.times
