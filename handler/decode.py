@@ -34,7 +34,9 @@ def parse_json_text(text: str) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        raise InvalidRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except RecursionError:
         raise InvalidRequest("request body is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal beyond Python's 4300-digit conversion limit
@@ -60,6 +62,6 @@ def decode_row(row: Any) -> Any:
             ) from None
     if isinstance(value, str):
         if not value.strip():
-            raise InvalidRequest("request body is empty; send one JSON object such as {\"prompt\": \"a cat\"}")
+            raise InvalidRequest('request body is empty; send one JSON object such as {"prompt": "a cat"}')
         return parse_json_text(value)
     return value

@@ -57,7 +57,7 @@ def generate_group(pipeline: Any, device: torch.device, requests: list[Generatio
         # 1. Prompts, per request, concatenated in request order.
         per_request = [encode_prompts(pipeline, device, r, guidance) for r in requests]
         embeds, negative, pooled, negative_pooled = (
-            None if parts[0] is None else torch.cat(parts) for parts in zip(*per_request)
+            None if parts[0] is None else torch.cat(parts) for parts in zip(*per_request, strict=True)
         )
         encoded = time.perf_counter()
         timings["encode_prompt"] = (encoded - started) * 1000

@@ -86,22 +86,57 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             repr(defaults.negative_prompt),
             f"<= {limits.max_prompt_chars} chars",
         ),
-        Field("prompt_2", "string or null", "Prompt for the second text encoder.", "same as `prompt`",
-              f"<= {limits.max_prompt_chars} chars"),
-        Field("negative_prompt_2", "string or null", "Negative prompt for the second text encoder.",
-              "same as `negative_prompt`", f"<= {limits.max_prompt_chars} chars"),
-        Field("num_inference_steps", "integer", "Denoising steps.", str(defaults.num_inference_steps),
-              f"1..{limits.max_inference_steps}"),
-        Field("guidance_scale", "number", "Classifier-free guidance; <= 1 turns guidance off.",
-              str(defaults.guidance_scale), f"0..{limits.max_guidance_scale}"),
+        Field(
+            "prompt_2",
+            "string or null",
+            "Prompt for the second text encoder.",
+            "same as `prompt`",
+            f"<= {limits.max_prompt_chars} chars",
+        ),
+        Field(
+            "negative_prompt_2",
+            "string or null",
+            "Negative prompt for the second text encoder.",
+            "same as `negative_prompt`",
+            f"<= {limits.max_prompt_chars} chars",
+        ),
+        Field(
+            "num_inference_steps",
+            "integer",
+            "Denoising steps.",
+            str(defaults.num_inference_steps),
+            f"1..{limits.max_inference_steps}",
+        ),
+        Field(
+            "guidance_scale",
+            "number",
+            "Classifier-free guidance; <= 1 turns guidance off.",
+            str(defaults.guidance_scale),
+            f"0..{limits.max_guidance_scale}",
+        ),
         Field("width", "integer", "Image width in pixels.", str(defaults.width), size_bounds),
         Field("height", "integer", "Image height in pixels.", str(defaults.height), size_bounds),
-        Field("seed", "integer or null", "Seed of the first image; image i uses `seed + i`. Null: the server draws one.",
-              "drawn by the server", f"0..{MAX_SEED}"),
-        Field("num_images_per_prompt", "integer", "Images to make for this request.",
-              str(defaults.num_images_per_prompt), f"1..{limits.max_images_per_prompt}"),
-        Field("output_format", "string", "Encoding of the returned images.", repr(defaults.output_format),
-              " / ".join(OUTPUT_FORMATS)),
+        Field(
+            "seed",
+            "integer or null",
+            "Seed of the first image; image i uses `seed + i`. Null: the server draws one.",
+            "drawn by the server",
+            f"0..{MAX_SEED}",
+        ),
+        Field(
+            "num_images_per_prompt",
+            "integer",
+            "Images to make for this request.",
+            str(defaults.num_images_per_prompt),
+            f"1..{limits.max_images_per_prompt}",
+        ),
+        Field(
+            "output_format",
+            "string",
+            "Encoding of the returned images.",
+            repr(defaults.output_format),
+            " / ".join(OUTPUT_FORMATS),
+        ),
     )
 
 
@@ -202,29 +237,34 @@ def _text(payload: dict, name: str, value: Any, limits: Limits, optional: bool) 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"`{name}` must be an integer but is {_json_type(value)} {_short(value)}",
-                             field=name, value=value)
+        raise InvalidRequest(
+            f"`{name}` must be an integer but is {_json_type(value)} {_short(value)}", field=name, value=value
+        )
     if not low <= value <= high:
-        raise InvalidRequest(f"`{name}` must be between {low} and {high} but is {_short(value)}",
-                             field=name, value=value)
+        raise InvalidRequest(
+            f"`{name}` must be between {low} and {high} but is {_short(value)}", field=name, value=value
+        )
     return value
 
 
 def _number(name: str, value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(f"`{name}` must be a number but is {_json_type(value)} {_short(value)}",
-                             field=name, value=value)
+        raise InvalidRequest(
+            f"`{name}` must be a number but is {_json_type(value)} {_short(value)}", field=name, value=value
+        )
     if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRequest(f"`{name}` must be between {low} and {high} but is {_short(value)}",
-                             field=name, value=value)
+        raise InvalidRequest(
+            f"`{name}` must be between {low} and {high} but is {_short(value)}", field=name, value=value
+        )
     return value
 
 
 def _size(name: str, value: Any, limits: Limits) -> int:
     value = _integer(name, value, limits.min_size, limits.max_size)
     if value % limits.size_multiple:
-        raise InvalidRequest(f"`{name}` must be divisible by {limits.size_multiple} but is {value}",
-                             field=name, value=value)
+        raise InvalidRequest(
+            f"`{name}` must be divisible by {limits.size_multiple} but is {value}", field=name, value=value
+        )
     return value
 
 
@@ -236,8 +276,10 @@ def _short(value: Any) -> str:
 def markdown_table(limits: Limits = Limits(), defaults: Defaults = Defaults()) -> str:
     """The request reference as a Markdown table (the README embeds the built-in one)."""
     rows = ["| field | type | default | bounds | meaning |", "|---|---|---|---|---|"]
-    rows += [f"| `{f.name}` | {f.type} | {f.default} | {f.bounds} | {f.description} |"
-             for f in describe_fields(limits, defaults)]
+    rows += [
+        f"| `{f.name}` | {f.type} | {f.default} | {f.bounds} | {f.description} |"
+        for f in describe_fields(limits, defaults)
+    ]
     return "\n".join(rows)
 
 

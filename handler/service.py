@@ -58,9 +58,7 @@ class SDXLService:
             that give none.
     """
 
-    def __init__(
-        self, loaded: LoadedPipeline, settings: HandlerSettings, seed_source: Callable[[], int] = draw_seed
-    ):
+    def __init__(self, loaded: LoadedPipeline, settings: HandlerSettings, seed_source: Callable[[], int] = draw_seed):
         self.loaded = loaded
         self.settings = settings
         self.seed_source = seed_source
@@ -81,7 +79,7 @@ class SDXLService:
         for row_index, row in enumerate(rows):
             try:
                 request = parse_request(decode_row(row), self.settings.limits, self.settings.defaults)
-            except Exception as exc:  # noqa: BLE001 - any failure here is this row's alone
+            except Exception as exc:
                 batch.errors[row_index] = error_reply(exc)
                 continue
             if request.seed is None:
@@ -96,13 +94,13 @@ class SDXLService:
         for group in groups:
             try:
                 result = generate_group(self.loaded.pipeline, self.loaded.device, group.requests)
-            except Exception as exc:  # noqa: BLE001 - isolate the failure to this group
+            except Exception as exc:
                 log.exception("group of %d request(s) %s failed", len(group.rows), group.key)
                 reply = error_reply(exc)
                 batch.errors.update({row: reply for row in group.rows})
                 continue
             summary = {"requests": len(group.rows), "images": group.images}
-            for row, images in zip(group.rows, result.images):
+            for row, images in zip(group.rows, result.images, strict=True):
                 batch.images[row] = images
                 batch.timings[row] = dict(result.timings_ms)
                 batch.group_of[row] = summary
@@ -117,7 +115,7 @@ class SDXLService:
                 continue
             try:
                 replies.append(self._success(batch, row_index))
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 replies.append(error_reply(exc))
         log.info(
             "batch of %d: %d group(s), %d rejected or failed, %.0f ms",
@@ -180,6 +178,12 @@ class SDXLService:
             started = time.perf_counter()
             generate_group(self.loaded.pipeline, self.loaded.device, [request] * shape.batch_images)
             seconds.append(time.perf_counter() - started)
-            log.info("warmup %dx%d, %d step(s), %d image(s): %.2f s", shape.width, shape.height,
-                     shape.num_inference_steps, shape.batch_images, seconds[-1])
+            log.info(
+                "warmup %dx%d, %d step(s), %d image(s): %.2f s",
+                shape.width,
+                shape.height,
+                shape.num_inference_steps,
+                shape.batch_images,
+                seconds[-1],
+            )
         return seconds

@@ -31,10 +31,43 @@ SDXL_SCHEDULER_CONFIG = {
 }
 
 # Words that get whole-word BPE tokens; everything else is spelled from single byte tokens.
-TOKENIZER_WORDS = (
-    "a an the of on in at over under with and photo painting portrait beautiful sunset mountains sky "
-    "sea city forest cat dog red blue green light dark night day high quality detailed blurry ugly"
-).split()
+TOKENIZER_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "at",
+    "over",
+    "under",
+    "with",
+    "and",
+    "photo",
+    "painting",
+    "portrait",
+    "beautiful",
+    "sunset",
+    "mountains",
+    "sky",
+    "sea",
+    "city",
+    "forest",
+    "cat",
+    "dog",
+    "red",
+    "blue",
+    "green",
+    "light",
+    "dark",
+    "night",
+    "day",
+    "high",
+    "quality",
+    "detailed",
+    "blurry",
+    "ugly",
+]
 
 TEXT_HIDDEN_SIZE = 32
 TEXT_PROJECTION_DIM = 32
@@ -52,7 +85,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             printable.append(byte)
             chars.append(256 + extra)
             extra += 1
-    return dict(zip(printable, map(chr, chars)))
+    return dict(zip(printable, map(chr, chars), strict=True))
 
 
 def build_clip_tokenizer():
@@ -66,7 +99,7 @@ def build_clip_tokenizer():
     merges: list[str] = []
     for word in TOKENIZER_WORDS:
         # Merge left to right: "s u" -> "su", "su n" -> "sun", ... the last merge is word-final.
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
+        parts = [*word[:-1], word[-1] + "</w>"]
         merged = parts[0]
         for part in parts[1:]:
             rule = f"{merged} {part}"

@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-name", default=MODEL_NAME)
     parser.add_argument("--version", default="1.0")
     args = parser.parse_args(argv)
-    path = build_archive(args.model, args.config, args.export_path, args.archive_format, args.model_name,
-                         args.version)
+    path = build_archive(args.model, args.config, args.export_path, args.archive_format, args.model_name, args.version)
     print(f"archive written: {path}")
 
 

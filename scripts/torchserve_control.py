@@ -106,7 +106,12 @@ class TorchServe:
         with open(self.log_file, "ab") as log:
             subprocess.run(
                 [shutil.which("torchserve") or "torchserve", "--stop"],
-                cwd=self.workdir, env=self.env, stdout=log, stderr=log, check=False, timeout=timeout,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                check=False,
+                timeout=timeout,
             )
         pid_file = self.workdir / "temp" / ".model_server.pid"
         deadline = time.monotonic() + timeout
@@ -127,16 +132,21 @@ class TorchServe:
         key = self.keys().get(api)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def predict(self, body: dict | bytes | str, *, model: str = MODEL_NAME, timeout: float = 300,
-                headers: dict[str, str] | None = None) -> requests.Response:
+    def predict(
+        self,
+        body: dict | bytes | str,
+        *,
+        model: str = MODEL_NAME,
+        timeout: float = 300,
+        headers: dict[str, str] | None = None,
+    ) -> requests.Response:
         url = f"{self.inference_url}/predictions/{model}"
         all_headers = {"Content-Type": "application/json", **self.headers("inference"), **(headers or {})}
         data = json.dumps(body) if isinstance(body, dict) else body
         return requests.post(url, data=data, headers=all_headers, timeout=timeout)
 
     def describe(self, model: str = MODEL_NAME) -> list[dict]:
-        response = requests.get(f"{self.management_url}/models/{model}", headers=self.headers("management"),
-                                timeout=10)
+        response = requests.get(f"{self.management_url}/models/{model}", headers=self.headers("management"), timeout=10)
         response.raise_for_status()
         return response.json()
 

@@ -122,8 +122,12 @@ def test_malformed_bodies_get_clear_400s(server):
 
 def test_json_sent_as_text_is_accepted(server):
     url = f"{server.inference_url}/predictions/{MODEL_NAME}"
-    response = requests.post(url, data='{"prompt": "as text", "seed": 2}',
-                             headers={**server.headers(), "Content-Type": "text/plain"}, timeout=60)
+    response = requests.post(
+        url,
+        data='{"prompt": "as text", "seed": 2}',
+        headers={**server.headers(), "Content-Type": "text/plain"},
+        timeout=60,
+    )
     assert response.status_code == 200
     assert response.json()["seeds"] == [2]
 

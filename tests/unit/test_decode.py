@@ -31,7 +31,7 @@ def test_json_object_in_any_body_form(row):
         ({"body": b""}, "request body is empty"),
         ({"body": b"   "}, "request body is empty"),
         ({}, "request body is empty; send one JSON object with the header `Content-Type: application/json`"),
-        ({"{\"prompt\": \"a\"}": b""}, "curl -d without it sends a form"),
+        ({'{"prompt": "a"}': b""}, "curl -d without it sends a form"),
         ("not a row", "unexpected request row of type str"),
     ],
 )
@@ -47,5 +47,5 @@ def test_non_object_json_is_returned_for_the_schema_to_reject():
 
 
 def test_absurdly_long_integer_literal_is_a_clear_400():
-    with pytest.raises(InvalidRequest, match="request body is not valid JSON: .*digits"):
+    with pytest.raises(InvalidRequest, match=r"request body is not valid JSON: .*digits"):
         decode_row({"body": b'{"prompt": "a", "seed": ' + b"9" * 5000 + b"}"})

@@ -50,5 +50,5 @@ def test_bfloat16_and_replacement_vae_load_through_the_same_path(tiny_model_dir)
 
 
 def test_a_folder_without_weights_fails_loudly(tmp_path):
-    with pytest.raises(Exception, match="model_index.json|no file named|not found|does not appear"):
+    with pytest.raises(Exception, match=r"model_index\.json|no file named|not found|does not appear"):
         load_pipeline(str(tmp_path), HandlerSettings())

@@ -20,12 +20,14 @@ def decode_images(reply):
 
 
 def test_a_bad_row_fails_alone_and_replies_keep_row_order(service):
-    replies = service.handle([
-        row(prompt="one", seed=1),
-        row(prompt="two", width=1001),
-        {"body": b"{not json"},
-        row(prompt="four", seed=4, width=96, output_format="jpeg"),
-    ])
+    replies = service.handle(
+        [
+            row(prompt="one", seed=1),
+            row(prompt="two", width=1001),
+            {"body": b"{not json"},
+            row(prompt="four", seed=4, width=96, output_format="jpeg"),
+        ]
+    )
     assert [r.status for r in replies] == [200, 400, 400, 200]
     assert replies[1].json()["error"]["field"] == "width"
     assert "`width` must be between 32 and 512 but is 1001" in replies[1].json()["error"]["message"]
@@ -33,14 +35,19 @@ def test_a_bad_row_fails_alone_and_replies_keep_row_order(service):
     assert replies[0].json()["parameters"]["prompt"] == "one"
     assert replies[3].json()["parameters"]["prompt"] == "four"
     assert replies[3].json()["batch"] == {
-        "requests": 4, "rejected": 2, "groups": 2, "group_requests": 1, "group_images": 1,
+        "requests": 4,
+        "rejected": 2,
+        "groups": 2,
+        "group_requests": 1,
+        "group_images": 1,
     }
 
 
 @pytest.mark.parametrize(("output_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
 def test_images_come_back_encoded_at_the_requested_size(service, output_format, pil_format):
-    reply = service.handle([row(prompt="x", width=96, height=64, output_format=output_format,
-                                num_images_per_prompt=2)])[0]
+    reply = service.handle(
+        [row(prompt="x", width=96, height=64, output_format=output_format, num_images_per_prompt=2)]
+    )[0]
     body = reply.json()
     assert reply.status == 200 and reply.content_type == "application/json"
     assert body["content_type"] == f"image/{output_format}"
@@ -77,8 +84,10 @@ def _fail_unet_for_width(monkeypatch, loaded, latent_width, exc):
 
 @pytest.mark.parametrize(
     ("exc", "status", "kind"),
-    [(RuntimeError("kernel exploded"), 500, "ServingError"), (torch.OutOfMemoryError("out of memory"), 507,
-                                                              "OutOfMemory")],
+    [
+        (RuntimeError("kernel exploded"), 500, "ServingError"),
+        (torch.OutOfMemoryError("out of memory"), 507, "OutOfMemory"),
+    ],
 )
 def test_a_failing_group_fails_only_its_own_rows(service, tiny_loaded, monkeypatch, exc, status, kind):
     # The tiny VAE halves the size: 128 px wide images have 64-wide latents.
