@@ -8,7 +8,9 @@ of the model yaml (see :mod:`handler.settings`); the values here are the built-i
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -83,7 +85,7 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             "negative_prompt",
             "string",
             "What to steer away from. Empty means none (SDXL then uses zero embeddings).",
-            repr(defaults.negative_prompt),
+            json.dumps(defaults.negative_prompt),
             f"<= {limits.max_prompt_chars} chars",
         ),
         Field(
@@ -134,7 +136,7 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             "output_format",
             "string",
             "Encoding of the returned images.",
-            repr(defaults.output_format),
+            json.dumps(defaults.output_format),
             " / ".join(OUTPUT_FORMATS),
         ),
     )
@@ -283,5 +285,19 @@ def markdown_table(limits: Limits = Limits(), defaults: Defaults = Defaults()) -
     return "\n".join(rows)
 
 
+def main(argv: list[str]) -> None:
+    """Print the request reference; with a model yaml path, with that yaml's defaults and bounds."""
+    if not argv:
+        print(markdown_table())
+        return
+    import yaml
+
+    from .settings import HandlerSettings
+
+    with open(argv[0]) as handle:
+        settings = HandlerSettings.from_yaml(yaml.safe_load(handle))
+    print(markdown_table(settings.limits, settings.defaults))
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    main(sys.argv[1:])
