@@ -20,7 +20,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from scripts.torchserve_control import MODEL_NAME  # noqa: E402
+from scripts.torchserve_control import MODEL_NAME, tool  # noqa: E402
 
 HANDLER_DIR = REPO_ROOT / "handler"
 BUILD_DIR = REPO_ROOT / "build"
@@ -63,6 +63,7 @@ def build_archive(
     model_name: str = MODEL_NAME,
     version: str = "1.0",
     build_dir: Path = BUILD_DIR,
+    handler_file: Path | None = None,
 ) -> Path:
     """Build the archive; returns its path (a .mar file, a .tar.gz, or a folder for no-archive).
 
@@ -74,6 +75,8 @@ def build_archive(
         model_name (`str`, defaults to "stable-diffusion-xl"): the name in /predictions/<name>.
         version (`str`, defaults to "1.0"): the model version.
         build_dir (`Path`, defaults to build/): scratch space for the tiny model and staging.
+        handler_file (`Path`, defaults to handler/torchserve_handler.py): the TorchServe entry module (the
+            benchmark swaps in its baseline here).
     """
     # 1. Inputs.
     is_tiny = model == "tiny"
@@ -87,12 +90,12 @@ def build_archive(
     stage = stage_handler(build_dir)
 
     # 3. Archive.
-    archiver = shutil.which("torch-model-archiver") or "torch-model-archiver"
+    archiver = tool("torch-model-archiver")
     command = [
         archiver,
         "--model-name", model_name,
         "--version", version,
-        "--handler", str(stage / "handler" / "torchserve_handler.py"),
+        "--handler", str(handler_file or stage / "handler" / "torchserve_handler.py"),
         "--extra-files", f"{weights},{stage}",
         "--config-file", str(config),
         "--export-path", str(export_path),

@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/python -m pytest -m "not gpu" "$@"
+# shellcheck disable=SC1091
+. .venv/bin/activate
+ruff check .
+ruff format --check .
+python -m pytest -m "not gpu" "$@"

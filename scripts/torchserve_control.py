@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,12 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO_ROOT / "config" / "config.properties"
 MODEL_NAME = "stable-diffusion-xl"
+
+
+def tool(name: str) -> str:
+    """A console script of this interpreter's environment (found even when the venv is not activated)."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.exists() else shutil.which(name) or name
 
 
 def free_port() -> int:
@@ -90,7 +97,7 @@ class TorchServe:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         command = [
-            shutil.which("torchserve") or "torchserve",
+            tool("torchserve"),
             "--start",
             "--ncs",
             "--ts-config",
@@ -105,7 +112,7 @@ class TorchServe:
     def stop(self, timeout: float = 60) -> None:
         with open(self.log_file, "ab") as log:
             subprocess.run(
-                [shutil.which("torchserve") or "torchserve", "--stop"],
+                [tool("torchserve"), "--stop"],
                 cwd=self.workdir,
                 env=self.env,
                 stdout=log,

@@ -1,0 +1,301 @@
+"""Served throughput and latency of SDXL on TorchServe against the in-process ceiling and a one-at-a-time baseline.
+
+    python -m bench.run                      # CPU, tiny model: every variant in one invocation (< 5 min here)
+    python -m bench.run --batch-sizes 4 --requests 32 --clients 8    # one point
+
+Variants, all on the same requests (fixed seeds, one prompt per request):
+  direct-bB     the pipeline called in-process with batches of B (the ceiling for serving)
+  served-bB     TorchServe + our handler at batchSize B
+  baseline-bB   TorchServe + a handler that gets the same batches but runs requests one at a time
+  mixed-*       ours and the baseline at batchSize 4 with 3 shapes/step counts interleaved
+Writes results.json (machine, versions, settings, every figure) and chart.png into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+import requests
+import yaml
+
+from bench.direct import bench_request, run_direct
+from bench.loadgen import Sample, closed_loop, summarize
+from handler.loading import load_pipeline
+from handler.settings import HandlerSettings
+from scripts.build_archive import build_archive
+from scripts.torchserve_control import TorchServe, free_port, write_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BASELINE_HANDLER = REPO_ROOT / "bench" / "baseline_handler.py"
+
+
+class PeakRSS:
+    """Samples a process's resident memory in the background; ``peak_mb`` after the block."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02):
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakRSS:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return round(self.peak / 2**20, 1)
+
+
+def mixed_shapes(size: int, steps: int) -> list[tuple[int, int, int]]:
+    wide = (size * 3 // 2) // 8 * 8
+    return [(size, size, steps), (wide, size, steps), (size, size, steps * 2)]
+
+
+def served_sender(server: TorchServe, model: str, body_for):
+    url = f"{server.inference_url}/predictions/{model}"
+    local = threading.local()
+
+    def send(index: int) -> Sample:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        headers = {"Content-Type": "application/json", **server.headers("inference")}
+        started = time.perf_counter()
+        response = local.session.post(url, data=json.dumps(body_for(index)), headers=headers, timeout=600)
+        latency = time.perf_counter() - started
+        if response.status_code != 200:
+            return Sample(latency, response.status_code)
+        document = response.json()
+        return Sample(latency, 200, len(document["images"]), document["batch"]["requests"])
+
+    return send
+
+
+def machine_info() -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    info = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+    }
+    try:
+        from importlib.metadata import version
+
+        info["versions"]["torchserve"] = version("torchserve")
+    except Exception:
+        pass
+    return info
+
+
+def model_yaml(base: Path, batch_size: int, max_batch_delay: int, width: int, height: int, steps: int) -> dict:
+    config = yaml.safe_load(base.read_text())
+    config.update({"batchSize": batch_size, "maxBatchDelay": max_batch_delay})
+    section = config.setdefault("handler", {})
+    section["defaults"] = {
+        **section.get("defaults", {}),
+        "width": width,
+        "height": height,
+        "num_inference_steps": steps,
+    }
+    return config
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sdxl-bench-"))
+    base_yaml = REPO_ROOT / "config" / args.config
+    size, steps = args.size, args.steps
+    body_for = lambda i: bench_request(i, size, size, steps)  # noqa: E731
+    shapes = mixed_shapes(size, steps)
+
+    def mixed_body_for(i: int) -> dict:
+        width, height, mixed_steps = shapes[i % len(shapes)]
+        return bench_request(i, width, height, mixed_steps)
+
+    settings = HandlerSettings.from_yaml(model_yaml(base_yaml, 1, 0, size, size, steps))
+    results: dict = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "settings": {
+            "model": args.model,
+            "size": size,
+            "steps": steps,
+            "guidance_scale": settings.defaults.guidance_scale,
+            "requests": args.requests,
+            "clients": args.clients,
+            "batch_sizes": args.batch_sizes,
+            "max_batch_delay_ms": args.max_batch_delay,
+            "mixed_shapes": shapes,
+            "gpu_hourly_usd": args.gpu_hourly_usd,
+        },
+        "variants": [],
+    }
+
+    # 1. The model folder (tiny: built offline from code; or a diffusers folder).
+    if args.model == "tiny":
+        from handler.tiny_model import save_tiny_pipeline
+
+        model_dir = save_tiny_pipeline(work / "tiny-sdxl")
+    else:
+        model_dir = Path(args.model)
+
+    # 2. Direct: in-process, batches of B.
+    loaded = load_pipeline(str(model_dir), settings)
+    for batch_size in args.batch_sizes:
+        with PeakRSS(os.getpid()) as rss:
+            summary = run_direct(loaded, batch_size, args.requests, body_for, settings.defaults.guidance_scale)
+        results["variants"].append(
+            {
+                "name": f"direct-b{batch_size}",
+                "kind": "direct",
+                "batch_size": batch_size,
+                **summary,
+                "peak_rss_mb": rss.peak_mb,
+            }
+        )
+        print(f"direct-b{batch_size}: {summary['images_per_s']} images/s", flush=True)
+    del loaded
+
+    # 3. Archives: ours at every batch size, the baseline at every size > 1 (at 1 the two are the same).
+    store = work / "model_store"
+    models: list[tuple[str, str, int, object]] = []
+    for batch_size in args.batch_sizes:
+        models.append((f"served-b{batch_size}", "served", batch_size, body_for))
+        if batch_size > 1:
+            models.append((f"baseline-b{batch_size}", "baseline", batch_size, body_for))
+    models += [
+        ("mixed-served-b4", "mixed-served", 4, mixed_body_for),
+        ("mixed-baseline-b4", "mixed-baseline", 4, mixed_body_for),
+    ]
+    for name, kind, batch_size, _ in models:
+        yaml_path = work / f"{name}.yaml"
+        yaml_path.write_text(yaml.safe_dump(model_yaml(base_yaml, batch_size, args.max_batch_delay, size, size, steps)))
+        build_archive(
+            str(model_dir),
+            config=yaml_path,
+            export_path=store,
+            archive_format="no-archive",
+            model_name=name,
+            build_dir=work / "build",
+            handler_file=BASELINE_HANDLER if "baseline" in kind else None,
+        )
+
+    # 4. One TorchServe with every variant loaded; each runs alone against its own worker.
+    config = write_config(
+        work / "config.properties",
+        {
+            "inference_address": f"http://127.0.0.1:{free_port()}",
+            "management_address": f"http://127.0.0.1:{free_port()}",
+            "metrics_address": f"http://127.0.0.1:{free_port()}",
+            "load_models": ",".join(name for name, *_ in models),
+        },
+    )
+    server = TorchServe(workdir=work / "server", config=config, model_store=store)
+    server.start()
+    try:
+        for name, *_ in models:
+            server.wait_ready(name, timeout=args.ready_timeout)
+        for name, kind, batch_size, body in models:
+            send = served_sender(server, name, body)
+            for index in range(2):  # warm the HTTP path and the worker
+                send(10_000 + index)
+            with PeakRSS(server.worker_pids(name)[0]) as rss:
+                samples, wall = closed_loop(send, args.clients, args.requests)
+            summary = summarize(samples, wall)
+            results["variants"].append(
+                {"name": name, "kind": kind, "batch_size": batch_size, **summary, "peak_rss_mb": rss.peak_mb}
+            )
+            print(
+                f"{name}: {summary['images_per_s']} images/s, p50 {summary['p50_s']} s, "
+                f"mean batch {summary['mean_executed_batch']}, errors {summary['errors']}",
+                flush=True,
+            )
+    finally:
+        server.stop()
+
+    results["ratios"] = ratios(results["variants"])
+    if args.gpu_hourly_usd:
+        for variant in results["variants"]:
+            if variant["images_per_s"]:
+                variant["usd_per_1000_images"] = round(args.gpu_hourly_usd / 3600 / variant["images_per_s"] * 1000, 4)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from bench.chart import draw
+
+    draw(results, out / "chart.png")
+    print(f"results: {out / 'results.json'}, chart: {out / 'chart.png'}")
+    return results
+
+
+def ratios(variants: list[dict]) -> dict:
+    by_name = {v["name"]: v for v in variants}
+    found = {}
+    for variant in variants:
+        b = variant["batch_size"]
+        if variant["kind"] == "served" and f"direct-b{b}" in by_name:
+            found[f"served_over_direct_b{b}"] = round(
+                variant["images_per_s"] / by_name[f"direct-b{b}"]["images_per_s"], 3
+            )
+        if variant["kind"] == "served" and f"baseline-b{b}" in by_name:
+            found[f"served_over_baseline_b{b}"] = round(
+                variant["images_per_s"] / by_name[f"baseline-b{b}"]["images_per_s"], 3
+            )
+    if "mixed-served-b4" in by_name and "mixed-baseline-b4" in by_name:
+        found["mixed_served_over_baseline_b4"] = round(
+            by_name["mixed-served-b4"]["images_per_s"] / by_name["mixed-baseline-b4"]["images_per_s"], 3
+        )
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny (default) or a diffusers folder")
+    parser.add_argument(
+        "--config", default="tiny-sdxl.yaml", help="base model yaml in config/ (default tiny-sdxl.yaml)"
+    )
+    parser.add_argument("--size", type=int, default=64, help="image width and height (default 64)")
+    parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
+    parser.add_argument("--requests", type=int, default=48, help="requests per variant (default 48)")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
+    parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--max-batch-delay", type=int, default=50, help="ms (default 50)")
+    parser.add_argument("--gpu-hourly-usd", type=float, default=0.0, help="$/hour of the machine, for $/1000 images")
+    parser.add_argument("--ready-timeout", type=float, default=600)
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-cpu"))
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The benchmark's accounting: every request counted once, percentiles as numpy computes them."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bench.loadgen import Sample, closed_loop, percentile, summarize
+from bench.run import ratios
+
+
+@pytest.mark.parametrize("q", [0, 1, 50, 95, 99, 100])
+def test_percentile_matches_numpy_linear_interpolation(q):
+    values = list(np.random.default_rng(1).exponential(size=37))
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)))
+
+
+def test_percentile_of_one_value_and_of_none():
+    assert percentile([2.5], 99) == 2.5
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_closed_loop_sends_each_request_once_with_at_most_c_in_flight():
+    in_flight, peak, seen = 0, 0, []
+    lock = threading.Lock()
+
+    def send(index):
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+            seen.append(index)
+        time.sleep(0.01)
+        with lock:
+            in_flight -= 1
+        return Sample(latency_s=index / 10, status=200 if index % 5 else 503, images=2, executed_batch=3)
+
+    samples, wall = closed_loop(send, clients=4, total=20)
+    assert sorted(seen) == list(range(20))
+    assert peak == 4
+    assert [s.latency_s for s in samples] == [i / 10 for i in range(20)]
+    assert wall >= 20 / 4 * 0.01
+
+    summary = summarize(samples, wall_s=2.0)
+    assert (summary["requests"], summary["ok"], summary["errors"]) == (20, 16, 4)
+    assert summary["images"] == 32 and summary["images_per_s"] == 16.0
+    assert summary["mean_executed_batch"] == 3.0
+    ok_latencies = [i / 10 for i in range(20) if i % 5]
+    assert summary["p50_s"] == pytest.approx(np.percentile(ok_latencies, 50), abs=1e-4)
+    assert summary["p99_s"] == pytest.approx(np.percentile(ok_latencies, 99), abs=1e-4)
+
+
+def test_ratios_pair_variants_by_batch_size():
+    variants = [
+        {"name": "direct-b4", "kind": "direct", "batch_size": 4, "images_per_s": 10.0},
+        {"name": "served-b4", "kind": "served", "batch_size": 4, "images_per_s": 9.6},
+        {"name": "baseline-b4", "kind": "baseline", "batch_size": 4, "images_per_s": 4.8},
+        {"name": "mixed-served-b4", "kind": "mixed-served", "batch_size": 4, "images_per_s": 6.0},
+        {"name": "mixed-baseline-b4", "kind": "mixed-baseline", "batch_size": 4, "images_per_s": 4.0},
+    ]
+    assert ratios(variants) == {
+        "served_over_direct_b4": 0.96,
+        "served_over_baseline_b4": 2.0,
+        "mixed_served_over_baseline_b4": 1.5,
+    }
