@@ -53,5 +53,5 @@ def run_direct(loaded: LoadedPipeline, batch_size: int, total: int, body_for, gu
         "wall_s": round(wall, 3),
         "images_per_s": round(total / wall, 4),
         "mean_executed_batch": batch_size,
-        "seconds_per_call": round(sum(calls) / len(calls), 4),
+        "mean_handler_s": round(sum(calls) / len(calls), 4),
     }

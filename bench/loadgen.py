@@ -19,6 +19,7 @@ class Sample:
     status: int
     images: int = 0
     executed_batch: int = 0  # requests in the handler call that served it (the handler's own accounting)
+    handler_s: float = 0.0  # time inside that handler call, as the handler measured it
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -75,6 +76,7 @@ def summarize(samples: list[Sample], wall_s: float) -> dict:
         "wall_s": round(wall_s, 3),
         "images_per_s": round(images / wall_s, 4) if wall_s > 0 else 0.0,
         "mean_executed_batch": round(sum(s.executed_batch for s in ok) / len(ok), 3) if ok else 0.0,
+        "mean_handler_s": round(sum(s.handler_s for s in ok) / len(ok), 4) if ok else 0.0,
     }
     for q in (50, 95, 99):
         summary[f"p{q}_s"] = round(percentile(latencies, q), 4) if latencies else None

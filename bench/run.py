@@ -88,7 +88,13 @@ def served_sender(server: TorchServe, model: str, body_for):
         if response.status_code != 200:
             return Sample(latency, response.status_code)
         document = response.json()
-        return Sample(latency, 200, len(document["images"]), document["batch"]["requests"])
+        return Sample(
+            latency,
+            200,
+            len(document["images"]),
+            document["batch"]["requests"],
+            document["timings_ms"]["total"] / 1000,
+        )
 
     return send
 
@@ -155,6 +161,7 @@ def run(args: argparse.Namespace) -> dict:
             "steps": steps,
             "guidance_scale": settings.defaults.guidance_scale,
             "requests": args.requests,
+            "rounds": args.rounds,
             "clients": args.clients,
             "batch_sizes": args.batch_sizes,
             "max_batch_delay_ms": args.max_batch_delay,
@@ -172,24 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     else:
         model_dir = Path(args.model)
 
-    # 2. Direct: in-process, batches of B.
-    loaded = load_pipeline(str(model_dir), settings)
-    for batch_size in args.batch_sizes:
-        with PeakRSS(os.getpid()) as rss:
-            summary = run_direct(loaded, batch_size, args.requests, body_for, settings.defaults.guidance_scale)
-        results["variants"].append(
-            {
-                "name": f"direct-b{batch_size}",
-                "kind": "direct",
-                "batch_size": batch_size,
-                **summary,
-                "peak_rss_mb": rss.peak_mb,
-            }
-        )
-        print(f"direct-b{batch_size}: {summary['images_per_s']} images/s", flush=True)
-    del loaded
-
-    # 3. Archives: ours at every batch size, the baseline at every size > 1 (at 1 the two are the same).
+    # 2. Archives: ours at every batch size, the baseline at every size > 1 (at 1 the two are the same).
     store = work / "model_store"
     models: list[tuple[str, str, int, object]] = []
     for batch_size in args.batch_sizes:
@@ -213,7 +203,7 @@ def run(args: argparse.Namespace) -> dict:
             handler_file=BASELINE_HANDLER if "baseline" in kind else None,
         )
 
-    # 4. One TorchServe with every variant loaded; each runs alone against its own worker.
+    # 3. One TorchServe with every variant loaded (idle workers cost no CPU), and the same pipeline in-process.
     config = write_config(
         work / "config.properties",
         {
@@ -225,26 +215,28 @@ def run(args: argparse.Namespace) -> dict:
     )
     server = TorchServe(workdir=work / "server", config=config, model_store=store)
     server.start()
+    rounds: dict[str, list[dict]] = {}
     try:
         for name, *_ in models:
             server.wait_ready(name, timeout=args.ready_timeout)
-        for name, kind, batch_size, body in models:
-            send = served_sender(server, name, body)
-            for index in range(2):  # warm the HTTP path and the worker
-                send(10_000 + index)
-            with PeakRSS(server.worker_pids(name)[0]) as rss:
-                samples, wall = closed_loop(send, args.clients, args.requests)
-            summary = summarize(samples, wall)
-            results["variants"].append(
-                {"name": name, "kind": kind, "batch_size": batch_size, **summary, "peak_rss_mb": rss.peak_mb}
-            )
-            print(
-                f"{name}: {summary['images_per_s']} images/s, p50 {summary['p50_s']} s, "
-                f"mean batch {summary['mean_executed_batch']}, errors {summary['errors']}",
-                flush=True,
-            )
+        loaded = load_pipeline(str(model_dir), settings)
+
+        # 4. Rounds: every variant once per round, direct and served back to back at each batch size, so
+        #    slow drifts of the machine hit both alike. Figures are the median round's.
+        for round_index in range(args.rounds):
+            for batch_size in args.batch_sizes:
+                with PeakRSS(os.getpid()) as rss:
+                    summary = run_direct(loaded, batch_size, args.requests, body_for, settings.defaults.guidance_scale)
+                record(rounds, f"direct-b{batch_size}", "direct", batch_size, summary, rss.peak_mb, round_index)
+                for name, kind, model_batch, body in models:
+                    if model_batch == batch_size and not kind.startswith("mixed"):
+                        served_run(server, name, kind, model_batch, body, args, rounds, round_index)
+            for name, kind, model_batch, body in models:
+                if kind.startswith("mixed"):
+                    served_run(server, name, kind, model_batch, body, args, rounds, round_index)
     finally:
         server.stop()
+    results["variants"] = [median_round(runs) for runs in rounds.values()]
 
     results["ratios"] = ratios(results["variants"])
     if args.gpu_hourly_usd:
@@ -257,6 +249,34 @@ def run(args: argparse.Namespace) -> dict:
     draw(results, out / "chart.png")
     print(f"results: {out / 'results.json'}, chart: {out / 'chart.png'}")
     return results
+
+
+def record(rounds: dict, name: str, kind: str, batch_size: int, summary: dict, peak_mb: float, index: int) -> None:
+    rounds.setdefault(name, []).append(
+        {"name": name, "kind": kind, "batch_size": batch_size, **summary, "peak_rss_mb": peak_mb}
+    )
+    print(
+        f"round {index + 1} {name}: {summary['images_per_s']} images/s, p50 {summary.get('p50_s')} s, "
+        f"mean batch {summary['mean_executed_batch']}, errors {summary.get('errors', 0)}",
+        flush=True,
+    )
+
+
+def served_run(server, name, kind, batch_size, body_for, args, rounds, round_index) -> None:
+    send = served_sender(server, name, body_for)
+    for index in range(2):  # warm the connection path and the worker
+        send(10_000 + index)
+    with PeakRSS(server.worker_pids(name)[0]) as rss:
+        samples, wall = closed_loop(send, args.clients, args.requests)
+    record(rounds, name, kind, batch_size, summarize(samples, wall), rss.peak_mb, round_index)
+
+
+def median_round(runs: list[dict]) -> dict:
+    """The run with the median images/s (the lower middle for an even count), plus every round's figure."""
+    ordered = sorted(runs, key=lambda r: r["images_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["images_per_s_rounds"] = [r["images_per_s"] for r in runs]
+    return chosen
 
 
 def ratios(variants: list[dict]) -> dict:
@@ -287,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--size", type=int, default=64, help="image width and height (default 64)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
-    parser.add_argument("--requests", type=int, default=48, help="requests per variant (default 48)")
+    parser.add_argument("--requests", type=int, default=32, help="requests per variant and round (default 32)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over every variant (default 2)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--max-batch-delay", type=int, default=50, help="ms (default 50)")

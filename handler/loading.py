@@ -94,11 +94,12 @@ def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = N
     # SDXL's VAE overflows in float16; diffusers decodes in float32 when the VAE config says force_upcast.
     vae_upcast = dtype is torch.float16 and bool(getattr(pipeline.vae.config, "force_upcast", False))
     log.info(
-        "loaded %s on %s as %s, attention=%s, vae decode in %s",
+        "loaded %s on %s as %s, attention=%s, vae decode in %s, torch threads=%d",
         source,
         device,
         str(dtype).removeprefix("torch."),
         attention,
         "float32 (force_upcast)" if vae_upcast else str(pipeline.vae.dtype).removeprefix("torch."),
+        torch.get_num_threads(),
     )
     return LoadedPipeline(pipeline=pipeline, device=device, dtype=dtype, attention=attention, source=source)

@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -108,13 +109,14 @@ class SDXLService:
 
     def render(self, batch: Batch) -> list[Reply]:
         """One Reply per row, in row order."""
+        encoded = self._encode_all(batch)
         replies = []
         for row_index in range(batch.size):
             if row_index in batch.errors:
                 replies.append(batch.errors[row_index])
                 continue
             try:
-                replies.append(self._success(batch, row_index))
+                replies.append(self._success(batch, row_index, encoded[row_index]))
             except Exception as exc:
                 replies.append(error_reply(exc))
         log.info(
@@ -131,12 +133,40 @@ class SDXLService:
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _success(self, batch: Batch, row_index: int) -> Reply:
+    def _encode_all(self, batch: Batch) -> dict[int, list[bytes] | BaseException]:
+        """Encode every image of the batch at once; Pillow's encoders release the GIL, so threads run them in
+        parallel (a 1024px PNG takes ~0.1-0.3 s, comparable to a GPU step). A failure stays with its row."""
+        jobs = [(row, image) for row, images in batch.images.items() for image in images]
+        started = time.perf_counter()
+
+        def encode(job: tuple[int, Any]) -> bytes | BaseException:
+            row, image = job
+            try:
+                return encode_image(image, batch.requests[row].output_format, self.settings)
+            except Exception as exc:  # reported as this row's error
+                return exc
+
+        if len(jobs) > 1:
+            with ThreadPoolExecutor(min(len(jobs), self.settings.encode_threads)) as pool:
+                results = list(pool.map(encode, jobs))
+        else:
+            results = [encode(job) for job in jobs]
+        encoded: dict[int, list[bytes] | BaseException] = {row: [] for row in batch.images}
+        for (row, _), result in zip(jobs, results, strict=True):
+            if isinstance(result, BaseException):
+                encoded[row] = result
+            elif isinstance(encoded[row], list):
+                encoded[row].append(result)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for row in batch.images:
+            batch.timings[row]["encode_image"] = elapsed_ms
+        return encoded
+
+    def _success(self, batch: Batch, row_index: int, encoded: list[bytes] | BaseException) -> Reply:
+        if isinstance(encoded, BaseException):
+            raise encoded
         request = batch.requests[row_index]
         timings = batch.timings[row_index]
-        started = time.perf_counter()
-        encoded = [encode_image(image, request.output_format, self.settings) for image in batch.images[row_index]]
-        timings["encode_image"] = (time.perf_counter() - started) * 1000
         timings["total"] = (time.perf_counter() - batch.started) * 1000
         document = {
             "seeds": image_seeds(request),

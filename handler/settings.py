@@ -46,6 +46,7 @@ class HandlerSettings:
             sends more).
         png_compress_level (`int`, defaults to 6): zlib level for PNG (0-9; lower is faster, bigger).
         jpeg_quality / webp_quality (`int`, defaults to 90): encoder quality (1-100).
+        encode_threads (`int`, defaults to 8): threads encoding a batch's images in parallel.
         warmup (`list`, defaults to one run at the default size): shapes generated once in ``initialize``.
         defaults / limits: request defaults and bounds, see :mod:`handler.schema`.
     """
@@ -60,6 +61,7 @@ class HandlerSettings:
     png_compress_level: int = 6
     jpeg_quality: int = 90
     webp_quality: int = 90
+    encode_threads: int = 8
     warmup: tuple[WarmupShape, ...] | None = None
     defaults: Defaults = field(default_factory=Defaults)
     limits: Limits = field(default_factory=Limits)
@@ -88,6 +90,8 @@ class HandlerSettings:
             raise ConfigError(f"handler.defaults.output_format must be one of {OUTPUT_FORMATS}")
         if not 0 <= self.png_compress_level <= 9:
             raise ConfigError(f"handler.png_compress_level must be 0..9 but is {self.png_compress_level}")
+        if self.encode_threads < 1:
+            raise ConfigError(f"handler.encode_threads must be >= 1 but is {self.encode_threads}")
         if self.max_images_per_call < self.limits.max_images_per_prompt:
             raise ConfigError("handler.max_images_per_call must be >= handler.limits.max_images_per_prompt")
         check_defaults(self.limits, self.defaults)

@@ -35,7 +35,7 @@ def test_closed_loop_sends_each_request_once_with_at_most_c_in_flight():
         time.sleep(0.01)
         with lock:
             in_flight -= 1
-        return Sample(latency_s=index / 10, status=200 if index % 5 else 503, images=2, executed_batch=3)
+        return Sample(index / 10, 200 if index % 5 else 503, images=2, executed_batch=3, handler_s=0.5)
 
     samples, wall = closed_loop(send, clients=4, total=20)
     assert sorted(seen) == list(range(20))
@@ -46,7 +46,7 @@ def test_closed_loop_sends_each_request_once_with_at_most_c_in_flight():
     summary = summarize(samples, wall_s=2.0)
     assert (summary["requests"], summary["ok"], summary["errors"]) == (20, 16, 4)
     assert summary["images"] == 32 and summary["images_per_s"] == 16.0
-    assert summary["mean_executed_batch"] == 3.0
+    assert summary["mean_executed_batch"] == 3.0 and summary["mean_handler_s"] == 0.5
     ok_latencies = [i / 10 for i in range(20) if i % 5]
     assert summary["p50_s"] == pytest.approx(np.percentile(ok_latencies, 50), abs=1e-4)
     assert summary["p99_s"] == pytest.approx(np.percentile(ok_latencies, 99), abs=1e-4)

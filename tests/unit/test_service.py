@@ -120,3 +120,11 @@ def test_warmup_runs_every_configured_shape(tiny_loaded, tiny_settings):
 def test_from_model_dir_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
     service = SDXLService.from_model_dir(str(tmp_path), {"handler": {"model_path": str(tiny_model_dir)}})
     assert service.loaded.source == str(tiny_model_dir)
+
+
+def test_parallel_image_encoding_gives_the_same_bytes_as_serial(tiny_loaded, tiny_settings):
+    rows = [row(prompt="a", seed=1, num_images_per_prompt=3), row(prompt="b", seed=2, output_format="webp")]
+    serial = SDXLService(tiny_loaded, tiny_settings.with_changes(encode_threads=1)).handle(rows)
+    parallel = SDXLService(tiny_loaded, tiny_settings.with_changes(encode_threads=8)).handle(rows)
+    assert [r.json()["images"] for r in serial] == [r.json()["images"] for r in parallel]
+    assert len(parallel[0].json()["images"]) == 3
