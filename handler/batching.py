@@ -1,7 +1,8 @@
 """Group the requests of one TorchServe batch into pipeline calls.
 
-Requests share a call when everything the pipeline takes as one scalar is equal (size, step count,
-guidance). Prompts, negative prompts and seeds stay per request, so any mix can be grouped.
+Requests share UNet forwards when their latents have the same shape (width and height). Everything else
+(prompts, seeds, step counts, guidance) is per request in :mod:`handler.denoise`, so any mix of those
+can be grouped.
 """
 
 from __future__ import annotations
@@ -15,17 +16,15 @@ from .schema import GenerationRequest
 class GroupKey:
     width: int
     height: int
-    num_inference_steps: int
-    guidance_scale: float
 
     @classmethod
     def of(cls, request: GenerationRequest) -> GroupKey:
-        return cls(request.width, request.height, request.num_inference_steps, request.guidance_scale)
+        return cls(request.width, request.height)
 
 
 @dataclass
 class Group:
-    """Requests (with their row positions) that run as ONE pipeline call."""
+    """Requests (with their row positions) that share each step's UNet forward."""
 
     key: GroupKey
     rows: list[int] = field(default_factory=list)

@@ -1,15 +1,25 @@
-"""Encode PIL images as PNG / JPEG / WebP bytes, and successful generations as JSON response bodies."""
+"""Encode images (PNG / JPEG / WebP), JSON response bodies and stream events."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import time
 from typing import Any
 
+import torch
+from PIL import Image
+
+from .schema import IMAGE_CONTENT_TYPES
 from .settings import HandlerSettings
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# A linear map from SDXL's 4 latent channels to RGB (the approximation previewers such as ComfyUI's use):
+# a preview costs a 4x3 matmul on a 1/8-size latent instead of a VAE decode.
+LATENT_RGB_FACTORS = torch.tensor(
+    [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]]
+)
+LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
 
 
 def encode_image(image: Any, output_format: str, settings: HandlerSettings) -> bytes:
@@ -29,7 +39,44 @@ def json_body(encoded_images: list[bytes], output_format: str, document: dict[st
     """The JSON response: base64 images first, then ``document`` (seeds, parameters, timings, batch)."""
     body = {
         "images": [base64.b64encode(data).decode("ascii") for data in encoded_images],
-        "content_type": CONTENT_TYPES[output_format],
+        "content_type": IMAGE_CONTENT_TYPES[output_format],
         **document,
     }
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+def event_line(event: dict[str, Any]) -> bytes:
+    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
+
+
+def progress_event(state: Any) -> bytes:
+    """``{"event": "progress", "step", "total_steps", "elapsed_s", "eta_s"}`` for a request's state."""
+    elapsed = time.perf_counter() - state.started
+    per_step = elapsed / max(state.step, 1)
+    return event_line(
+        {
+            "event": "progress",
+            "step": state.step,
+            "total_steps": state.total_steps,
+            "elapsed_s": round(elapsed, 3),
+            "eta_s": round(per_step * (state.total_steps - state.step), 3),
+        }
+    )
+
+
+def latent_preview(latents: torch.Tensor) -> Image.Image:
+    """A low-resolution RGB picture of one image's latents (C, h, w), without the VAE."""
+    factors = LATENT_RGB_FACTORS.to(latents.device, torch.float32)
+    rgb = torch.einsum("chw,cr->hwr", latents.float(), factors) + LATENT_RGB_BIAS.to(latents.device)
+    pixels = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(pixels)
+
+
+def preview_event(state: Any) -> bytes:
+    """``{"event": "preview", "step", "content_type", "images": [base64 JPEG per image]}``."""
+    previews = []
+    for latents in state.latents:
+        buffer = io.BytesIO()
+        latent_preview(latents).save(buffer, format="JPEG", quality=70)
+        previews.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return event_line({"event": "preview", "step": state.step, "content_type": "image/jpeg", "images": previews})

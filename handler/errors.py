@@ -38,6 +38,13 @@ class ResponseTooLarge(ServingError):
     phrase = "Insufficient Storage"
 
 
+class TimeBudgetExceeded(ServingError):
+    """The request's own ``timeout_s`` ran out; it was stopped, its batch-mates went on."""
+
+    status = 504
+    phrase = "Gateway Timeout"
+
+
 class OutOfMemory(ServingError):
     status = 507
     phrase = "Insufficient Storage"

@@ -1,97 +1,79 @@
-"""Run one group of requests as ONE batched SDXL pipeline call, each image with its own seeded generator.
+"""Static batching: run one group of same-size requests to completion, sharing each step's UNet forward.
 
-A request's images depend only on that request: its prompts are encoded on their own (batch size 1, so
-the text encoders never see batch-mates) and each image's noise comes from its own CPU generator seeded
-with ``seed + i`` (CPU generators give the same noise whatever the device).
+Requests may differ in prompts, seeds, step counts and guidance. A request leaves the loop as soon as it
+is done (decoded with the others finishing at the same step) or its time budget runs out (504), and the
+rest go on without it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from .denoise import Denoiser, RequestState
+from .errors import TimeBudgetExceeded
 from .schema import GenerationRequest
 
-
-def image_seeds(request: GenerationRequest) -> list[int]:
-    assert request.seed is not None, "seed must be resolved before generation"
-    return [request.seed + i for i in range(request.num_images_per_prompt)]
+StepHook = Callable[[list[RequestState]], None]
 
 
 @dataclass
 class GroupResult:
-    images: list[list[Any]]  # per request, its PIL images
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    outcomes: list[list[Any] | BaseException]  # per request: its PIL images, or why it has none
+    timings_ms: list[dict[str, float]] = field(default_factory=list)
 
 
-def uses_guidance(pipeline: Any, guidance_scale: float) -> bool:
-    """The pipeline's own rule: guidance doubles the UNet batch only above 1 and without a guidance-distilled UNet."""
-    return guidance_scale > 1 and pipeline.unet.config.time_cond_proj_dim is None
+def generate_group(
+    denoiser: Denoiser,
+    requests: list[GenerationRequest],
+    on_step: StepHook | None = None,
+    deadlines: list[float | None] | None = None,
+) -> GroupResult:
+    """Generate every image of ``requests`` (all the same size).
+
+    Args:
+        denoiser (`Denoiser`): the loaded pipeline's denoiser.
+        requests (`list[GenerationRequest]`): seeds already resolved.
+        on_step (`StepHook`, defaults to None): called after every step with the states that advanced.
+        deadlines (`list[float | None]`, defaults to no deadlines): per request, a ``time.perf_counter()``
+            instant after which it stops with :class:`TimeBudgetExceeded`.
+    """
+    deadlines = deadlines or [None] * len(requests)
+    outcomes: list[list[Any] | BaseException | None] = [None] * len(requests)
+
+    # 1. Every request's own state: prompts encoded once, seeded noise, own scheduler.
+    states = [denoiser.start(request) for request in requests]
+    index_of = {id(state): index for index, state in enumerate(states)}
+    active = list(states)
+    loop_started = time.perf_counter()
+
+    # 2. Shared steps until every request has finished or run out of time.
+    while active:
+        denoiser.step(active)
+        if on_step is not None:
+            on_step(active)
+        now = time.perf_counter()
+        finished = [s for s in active if s.finished]
+        expired = [s for s in active if not s.finished and _expired(deadlines[index_of[id(s)]], now)]
+        for state in expired:
+            request = state.request
+            outcomes[index_of[id(state)]] = TimeBudgetExceeded(
+                f"`timeout_s` of {request.timeout_s} s ran out after step {state.step} of {state.total_steps}",
+                field="timeout_s",
+                value=request.timeout_s,
+            )
+        if finished:
+            denoised = time.perf_counter()
+            for state, images in zip(finished, denoiser.decode(finished), strict=True):
+                outcomes[index_of[id(state)]] = images
+                state.timings_ms["denoise"] = (denoised - loop_started) * 1000
+                state.timings_ms["vae_decode"] = (time.perf_counter() - denoised) * 1000
+        active = [s for s in active if s not in finished and s not in expired]
+
+    return GroupResult(outcomes=outcomes, timings_ms=[s.timings_ms for s in states])  # type: ignore[arg-type]
 
 
-def encode_prompts(pipeline: Any, device: torch.device, request: GenerationRequest, guidance: bool) -> tuple:
-    """This request's four embedding tensors, repeated for each of its images."""
-    return pipeline.encode_prompt(
-        prompt=request.prompt,
-        prompt_2=request.prompt_2,
-        device=device,
-        num_images_per_prompt=request.num_images_per_prompt,
-        do_classifier_free_guidance=guidance,
-        # Empty means "no negative prompt": SDXL then uses zero embeddings (force_zeros_for_empty_prompt).
-        negative_prompt=request.negative_prompt or None,
-        negative_prompt_2=request.negative_prompt_2 or None,
-    )
-
-
-def generate_group(pipeline: Any, device: torch.device, requests: list[GenerationRequest]) -> GroupResult:
-    """Generate every image of ``requests`` (which share size, steps and guidance) in one pipeline call."""
-    first = requests[0]
-    guidance = uses_guidance(pipeline, first.guidance_scale)
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-
-    with torch.inference_mode():
-        # 1. Prompts, per request, concatenated in request order.
-        per_request = [encode_prompts(pipeline, device, r, guidance) for r in requests]
-        embeds, negative, pooled, negative_pooled = (
-            None if parts[0] is None else torch.cat(parts) for parts in zip(*per_request, strict=True)
-        )
-        encoded = time.perf_counter()
-        timings["encode_prompt"] = (encoded - started) * 1000
-
-        # 2. One generator per image.
-        generators = [torch.Generator("cpu").manual_seed(s) for r in requests for s in image_seeds(r)]
-
-        # 3. One pipeline call; the step callback marks where denoising ends and VAE decoding begins.
-        denoised_at = [encoded]
-
-        def mark_step(pipe: Any, step: int, timestep: Any, kwargs: dict) -> dict:
-            denoised_at[0] = time.perf_counter()
-            return kwargs
-
-        output = pipeline(
-            prompt_embeds=embeds,
-            negative_prompt_embeds=negative,
-            pooled_prompt_embeds=pooled,
-            negative_pooled_prompt_embeds=negative_pooled,
-            num_inference_steps=first.num_inference_steps,
-            guidance_scale=first.guidance_scale,
-            width=first.width,
-            height=first.height,
-            generator=generators,
-            output_type="pil",
-            callback_on_step_end=mark_step,
-        )
-    finished = time.perf_counter()
-    timings["denoise"] = (denoised_at[0] - encoded) * 1000
-    timings["vae_decode"] = (finished - denoised_at[0]) * 1000
-
-    # 4. Hand each request its own images back.
-    images, start = [], 0
-    for request in requests:
-        images.append(output.images[start : start + request.num_images_per_prompt])
-        start += request.num_images_per_prompt
-    return GroupResult(images=images, timings_ms=timings)
+def _expired(deadline: float | None, now: float) -> bool:
+    return deadline is not None and now > deadline

@@ -17,6 +17,8 @@ from typing import Any
 from .errors import ConfigError, InvalidRequest
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+RESPONSE_FORMATS = ("json", "image")
+IMAGE_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_SEED = 2**32 - 1
 
 
@@ -31,6 +33,7 @@ class Limits:
     max_inference_steps: int = 100
     max_guidance_scale: float = 30.0
     max_images_per_prompt: int = 4
+    max_timeout_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Defaults:
     height: int = 1024
     num_images_per_prompt: int = 1
     output_format: str = "png"
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ class GenerationRequest:
     seed: int | None
     num_images_per_prompt: int
     output_format: str
+    response_format: str = "json"
+    stream: bool = False
+    preview_every: int = 0
+    timeout_s: float | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The effective parameters, as echoed in the response (a full reproducibility record)."""
@@ -139,6 +147,29 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             json.dumps(defaults.output_format),
             " / ".join(OUTPUT_FORMATS),
         ),
+        Field(
+            "response_format",
+            "string",
+            "`image`: the body is the encoded image itself (one image; seed and parameters in headers). "
+            "An `Accept: image/png`, `image/jpeg` or `image/webp` header does the same.",
+            '"json"',
+            " / ".join(RESPONSE_FORMATS),
+        ),
+        Field("stream", "boolean", "Stream progress events as JSON lines, then the result.", "false", ""),
+        Field(
+            "preview_every",
+            "integer",
+            "With `stream`: a low-resolution preview every N steps; 0 is off.",
+            "0",
+            f"0..{limits.max_inference_steps}",
+        ),
+        Field(
+            "timeout_s",
+            "number or null",
+            "Time budget for this request in the handler; past it, 504.",
+            "none" if defaults.timeout_s is None else str(defaults.timeout_s),
+            f"0..{limits.max_timeout_s}",
+        ),
     )
 
 
@@ -183,12 +214,39 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     images = _integer("num_images_per_prompt", get("num_images_per_prompt"), 1, limits.max_images_per_prompt)
 
     # 4. Choices.
-    output_format = get("output_format")
-    if output_format not in OUTPUT_FORMATS:
+    output_format = _choice("output_format", get("output_format"), OUTPUT_FORMATS)
+    response_format = _choice("response_format", payload.get("response_format", "json"), RESPONSE_FORMATS)
+
+    # 5. Streaming and time budget.
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
         raise InvalidRequest(
-            f"`output_format` must be one of {', '.join(OUTPUT_FORMATS)} but is {output_format!r}",
-            field="output_format",
-            value=output_format,
+            f"`stream` must be true or false but is {_json_type(stream)} {_short(stream)}", field="stream", value=stream
+        )
+    preview_every = _integer("preview_every", payload.get("preview_every", 0), 0, limits.max_inference_steps)
+    timeout_s = get("timeout_s")
+    if timeout_s is not None:
+        timeout_s = float(_number("timeout_s", timeout_s, 0.0, limits.max_timeout_s))
+        if timeout_s <= 0:
+            raise InvalidRequest(
+                f"`timeout_s` must be greater than 0 but is {timeout_s}", field="timeout_s", value=timeout_s
+            )
+
+    # 6. Combinations.
+    if preview_every and not stream:
+        raise InvalidRequest("`preview_every` needs `stream: true`", field="preview_every", value=preview_every)
+    if response_format == "image" and stream:
+        raise InvalidRequest(
+            "`stream` cannot be combined with an image response (`response_format: image` or "
+            "an `Accept: image/*` header)",
+            field="stream",
+            value=stream,
+        )
+    if response_format == "image" and images != 1:
+        raise InvalidRequest(
+            f"an image response carries one image, but `num_images_per_prompt` is {images}",
+            field="num_images_per_prompt",
+            value=images,
         )
     return GenerationRequest(
         prompt=prompt,
@@ -202,7 +260,39 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         seed=seed,
         num_images_per_prompt=images,
         output_format=output_format,
+        response_format=response_format,
+        stream=stream,
+        preview_every=preview_every,
+        timeout_s=timeout_s,
     )
+
+
+def negotiate(payload: Any, accept: str | None) -> Any:
+    """Apply an ``Accept`` header to a body: ``image/png|jpeg|webp`` asks for that raw image, ``image/*`` for
+    a raw image in the body's ``output_format``. Conflicts with the body are errors, not guesses."""
+    if not accept or not isinstance(payload, dict):
+        return payload
+    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    formats = {content_type: name for name, content_type in IMAGE_CONTENT_TYPES.items()}
+    chosen = next((formats[w] for w in wanted if w in formats), None)
+    if chosen is None and "image/*" not in wanted:
+        return payload
+    if payload.get("response_format", "image") != "image":
+        raise InvalidRequest(
+            f"`Accept: {accept}` asks for an image but `response_format` is {payload['response_format']!r}",
+            field="response_format",
+            value=payload["response_format"],
+        )
+    if chosen and payload.get("output_format", chosen) != chosen:
+        raise InvalidRequest(
+            f"`Accept: {accept}` asks for {chosen} but `output_format` is {payload['output_format']!r}",
+            field="output_format",
+            value=payload["output_format"],
+        )
+    negotiated = {**payload, "response_format": "image"}
+    if chosen:
+        negotiated["output_format"] = chosen
+    return negotiated
 
 
 def check_defaults(limits: Limits, defaults: Defaults) -> None:
@@ -257,6 +347,14 @@ def _number(name: str, value: Any, low: float, high: float) -> float:
     if not math.isfinite(value) or not low <= value <= high:
         raise InvalidRequest(
             f"`{name}` must be between {low} and {high} but is {_short(value)}", field=name, value=value
+        )
+    return value
+
+
+def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise InvalidRequest(
+            f"`{name}` must be one of {', '.join(allowed)} but is {_short(value)}", field=name, value=value
         )
     return value
 

@@ -1,16 +1,18 @@
 """The serving core: one TorchServe batch of rows in, one Reply per row out, without TorchServe.
 
     rows -> decode + validate (per row; a bad row becomes its own 400)
-         -> group (one pipeline call per compatible group)
-         -> generate (a failing group fails only its own rows)
-         -> encode (one JSON body per row, in row order)
+         -> group (requests of the same size share every step's UNet forward)
+         -> denoise (per-request state; a request leaves when done or out of time; progress streamed)
+         -> encode (JSON body, raw image, or the final stream event per row, in row order)
 
 The TorchServe adapter (:mod:`handler.torchserve_handler`) wires ``preprocess``/``inference``/
-``postprocess`` to :meth:`SDXLService.parse`, :meth:`SDXLService.run` and :meth:`SDXLService.render`.
+``postprocess`` to :meth:`SDXLService.parse`, :meth:`SDXLService.run` and :meth:`SDXLService.render`,
+and gives :meth:`SDXLService.run` the function that sends stream chunks.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -21,14 +23,19 @@ from typing import Any
 
 from .batching import group_requests
 from .decode import decode_row
-from .encode import encode_image, json_body
+from .denoise import Denoiser, RequestState, image_seeds
+from .encode import encode_image, json_body, preview_event, progress_event
 from .errors import Reply, ResponseTooLarge, error_reply
-from .generate import generate_group, image_seeds
+from .generate import generate_group
 from .loading import LoadedPipeline, load_pipeline
-from .schema import MAX_SEED, GenerationRequest, parse_request
+from .schema import IMAGE_CONTENT_TYPES, MAX_SEED, GenerationRequest, negotiate, parse_request
 from .settings import HandlerSettings
 
 log = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+# Sends one chunk to each streamed row it is given (row index -> bytes); the adapter implements it.
+Emitter = Callable[[dict[int, bytes]], None]
 
 
 def draw_seed() -> int:
@@ -42,10 +49,11 @@ class Batch:
     started: float
     size: int
     requests: dict[int, GenerationRequest] = field(default_factory=dict)
-    errors: dict[int, Reply] = field(default_factory=dict)
+    errors: dict[int, BaseException] = field(default_factory=dict)
     images: dict[int, list[Any]] = field(default_factory=dict)
     timings: dict[int, dict[str, float]] = field(default_factory=dict)
     group_of: dict[int, dict[str, int]] = field(default_factory=dict)
+    streaming: set[int] = field(default_factory=set)  # rows whose stream has started (HTTP 200 sent)
     groups: int = 0
 
 
@@ -59,10 +67,13 @@ class SDXLService:
             that give none.
     """
 
-    def __init__(self, loaded: LoadedPipeline, settings: HandlerSettings, seed_source: Callable[[], int] = draw_seed):
+    def __init__(
+        self, loaded: LoadedPipeline, settings: HandlerSettings, seed_source: Callable[[], int] = draw_seed
+    ):
         self.loaded = loaded
         self.settings = settings
         self.seed_source = seed_source
+        self.denoiser = Denoiser(loaded.pipeline, loaded.device)
 
     @classmethod
     def from_model_dir(
@@ -74,37 +85,43 @@ class SDXLService:
 
     # -- the three stages -------------------------------------------------------------------------
 
-    def parse(self, rows: list[Any]) -> Batch:
-        """Decode and validate every row; draw the seeds the requests left out."""
+    def parse(self, rows: list[Any], accepts: list[str | None] | None = None) -> Batch:
+        """Decode and validate every row (with its ``Accept`` header); draw the seeds left out."""
         batch = Batch(started=time.perf_counter(), size=len(rows))
-        for row_index, row in enumerate(rows):
+        accepts = accepts or [None] * len(rows)
+        for row_index, (row, accept) in enumerate(zip(rows, accepts, strict=True)):
             try:
-                request = parse_request(decode_row(row), self.settings.limits, self.settings.defaults)
-            except Exception as exc:
-                batch.errors[row_index] = error_reply(exc)
+                payload = negotiate(decode_row(row), accept)
+                request = parse_request(payload, self.settings.limits, self.settings.defaults)
+            except Exception as exc:  # any failure here is this row's alone
+                batch.errors[row_index] = exc
                 continue
             if request.seed is None:
                 request = replace(request, seed=self.seed_source())
             batch.requests[row_index] = request
         return batch
 
-    def run(self, batch: Batch) -> Batch:
-        """One pipeline call per group; an exception fails that group's rows only."""
+    def run(self, batch: Batch, emit: Emitter | None = None) -> Batch:
+        """Denoise every group; an exception fails that group's rows only. Streams through ``emit``."""
         groups = group_requests(batch.requests, self.settings.max_images_per_call)
         batch.groups = len(groups)
         for group in groups:
+            deadlines = [None if r.timeout_s is None else batch.started + r.timeout_s for r in group.requests]
+            on_step = self._stream_hook(batch, group.rows, emit)
             try:
-                result = generate_group(self.loaded.pipeline, self.loaded.device, group.requests)
-            except Exception as exc:
+                result = generate_group(self.denoiser, group.requests, on_step, deadlines)
+            except Exception as exc:  # isolate the failure to this group
                 log.exception("group of %d request(s) %s failed", len(group.rows), group.key)
-                reply = error_reply(exc)
-                batch.errors.update({row: reply for row in group.rows})
+                batch.errors.update({row: exc for row in group.rows})
                 continue
             summary = {"requests": len(group.rows), "images": group.images}
-            for row, images in zip(group.rows, result.images, strict=True):
-                batch.images[row] = images
-                batch.timings[row] = dict(result.timings_ms)
+            for row, outcome, timings in zip(group.rows, result.outcomes, result.timings_ms, strict=True):
                 batch.group_of[row] = summary
+                batch.timings[row] = dict(timings)
+                if isinstance(outcome, BaseException):
+                    batch.errors[row] = outcome
+                else:
+                    batch.images[row] = outcome
         return batch
 
     def render(self, batch: Batch) -> list[Reply]:
@@ -112,26 +129,51 @@ class SDXLService:
         encoded = self._encode_all(batch)
         replies = []
         for row_index in range(batch.size):
-            if row_index in batch.errors:
-                replies.append(batch.errors[row_index])
-                continue
             try:
-                replies.append(self._success(batch, row_index, encoded[row_index]))
+                if row_index in batch.errors:
+                    raise batch.errors[row_index]
+                reply = self._success(batch, row_index, encoded[row_index])
             except Exception as exc:
-                replies.append(error_reply(exc))
+                reply = error_reply(exc)
+            if row_index in batch.streaming:
+                reply = self._as_final_event(reply)
+            replies.append(reply)
         log.info(
-            "batch of %d: %d group(s), %d rejected or failed, %.0f ms",
+            "batch of %d: %d group(s), %d failed, %.0f ms",
             batch.size,
             batch.groups,
-            sum(r.status >= 400 for r in replies),
+            sum(r.status >= 400 or r.body.startswith(b'{"event":"error"') for r in replies),
             (time.perf_counter() - batch.started) * 1000,
         )
         return replies
 
-    def handle(self, rows: list[Any]) -> list[Reply]:
-        return self.render(self.run(self.parse(rows)))
+    def handle(self, rows: list[Any], accepts: list[str | None] | None = None, emit: Emitter | None = None):
+        return self.render(self.run(self.parse(rows, accepts), emit))
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _stream_hook(self, batch: Batch, rows: list[int], emit: Emitter | None):
+        """The per-step callback sending progress (and previews) to this group's streamed rows."""
+        row_of_request = {id(batch.requests[row]): row for row in rows if batch.requests[row].stream}
+        if emit is None or not row_of_request:
+            return None
+
+        def on_step(states: list[RequestState]) -> None:
+            chunks = {}
+            for state in states:
+                row = row_of_request.get(id(state.request))
+                if row is None:
+                    continue
+                lines = [progress_event(state)]
+                every = state.request.preview_every
+                if every and state.step % every == 0 and not state.finished:
+                    lines.append(preview_event(state))
+                chunks[row] = b"".join(lines)
+            if chunks:
+                emit(chunks)
+                batch.streaming.update(chunks)
+
+        return on_step
 
     def _encode_all(self, batch: Batch) -> dict[int, list[bytes] | BaseException]:
         """Encode every image of the batch at once; Pillow's encoders release the GIL, so threads run them in
@@ -174,19 +216,39 @@ class SDXLService:
             "timings_ms": {name: round(ms, 1) for name, ms in timings.items()},
             "batch": {
                 "requests": batch.size,
-                "rejected": sum(1 for r in batch.errors.values() if r.status < 500),
+                "rejected": sum(1 for row in batch.errors if row not in batch.requests),
                 "groups": batch.groups,
                 "group_requests": batch.group_of[row_index]["requests"],
                 "group_images": batch.group_of[row_index]["images"],
             },
         }
-        body = json_body(encoded, request.output_format, document)
-        if len(body) > self.settings.max_response_bytes:
+        if request.response_format == "image":
+            reply = Reply(
+                status=200,
+                body=encoded[0],
+                content_type=IMAGE_CONTENT_TYPES[request.output_format],
+                headers={
+                    "X-Seed": str(document["seeds"][0]),
+                    "X-Parameters": json.dumps(document["parameters"], separators=(",", ":")),
+                    "X-Timings-Ms": json.dumps(document["timings_ms"], separators=(",", ":")),
+                    "X-Batch": json.dumps(document["batch"], separators=(",", ":")),
+                },
+            )
+        else:
+            reply = Reply(status=200, body=json_body(encoded, request.output_format, document))
+        if len(reply.body) > self.settings.max_response_bytes:
             raise ResponseTooLarge(
-                f"response of {len(body)} bytes exceeds max_response_bytes={self.settings.max_response_bytes}; "
+                f"response of {len(reply.body)} bytes exceeds max_response_bytes={self.settings.max_response_bytes}; "
                 "ask for jpeg or webp, fewer images or a smaller size"
             )
-        return Reply(status=200, body=body)
+        return reply
+
+    @staticmethod
+    def _as_final_event(reply: Reply) -> Reply:
+        """A streamed row already answered 200: its outcome travels as the stream's last JSON line."""
+        document = json.loads(reply.body)
+        event = {"event": "error", **document["error"]} if reply.status >= 400 else {"event": "result", **document}
+        return Reply(status=200, body=json.dumps(event, separators=(",", ":")).encode() + b"\n", content_type=NDJSON)
 
     def warmup(self) -> list[float]:
         """Generate once at every configured warmup shape, so the first user request is fast."""
@@ -206,7 +268,7 @@ class SDXLService:
                 output_format="png",
             )
             started = time.perf_counter()
-            generate_group(self.loaded.pipeline, self.loaded.device, [request] * shape.batch_images)
+            generate_group(self.denoiser, [request] * shape.batch_images)
             seconds.append(time.perf_counter() - started)
             log.info(
                 "warmup %dx%d, %d step(s), %d image(s): %.2f s",

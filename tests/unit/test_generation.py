@@ -1,10 +1,13 @@
-"""A request's images depend only on that request: never on its batch-mates, their order or the batch size."""
+"""Denoising with per-request state: the pipeline's images, whoever a request shares its steps with."""
 
 from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
+from handler.denoise import Denoiser
+from handler.errors import TimeBudgetExceeded
 from handler.generate import generate_group
 from handler.schema import parse_request
 
@@ -17,40 +20,89 @@ def make(tiny_settings):
     return make_request
 
 
+@pytest.fixture(scope="module")
+def denoiser(tiny_loaded):
+    return Denoiser(tiny_loaded.pipeline, tiny_loaded.device)
+
+
 def pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def run(tiny_loaded, requests):
-    return generate_group(tiny_loaded.pipeline, tiny_loaded.device, requests).images
+def run(denoiser, requests, **kwargs):
+    return generate_group(denoiser, requests, **kwargs).outcomes
 
 
-def test_same_request_gives_the_same_image_alone_and_batched(tiny_loaded, make):
+def max_diff(a, b) -> int:
+    return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+def test_one_request_matches_the_diffusers_pipeline(denoiser, tiny_loaded, make):
+    request = make(negative_prompt="blurry", num_inference_steps=5, width=96)
+    ours = run(denoiser, [request])[0][0]
+    reference = tiny_loaded.pipeline(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        num_inference_steps=5,
+        guidance_scale=request.guidance_scale,
+        width=96,
+        height=64,
+        generator=[torch.Generator("cpu").manual_seed(7)],
+    ).images[0]
+    assert max_diff(ours, reference) <= 1
+
+
+def test_same_request_gives_the_same_image_alone_and_batched(denoiser, make):
     target = make(negative_prompt="blurry")
-    alone = run(tiny_loaded, [target])[0][0]
-    mates = [make(prompt="a dog", seed=1), make(prompt="sea", negative_prompt="", seed=2, num_images_per_prompt=2)]
-    in_front = run(tiny_loaded, [*mates, target])[2][0]
-    behind = run(tiny_loaded, [target, *reversed(mates)])[0][0]
-    # Bit-identical on the CPU (measured); the tolerance is one level in case BLAS picks other kernels.
-    assert np.abs(pixels(alone) - pixels(in_front)).max() <= 1
-    assert np.abs(pixels(alone) - pixels(behind)).max() <= 1
+    alone = run(denoiser, [target])[0][0]
+    mates = [
+        make(prompt="a dog", seed=1, num_inference_steps=2),
+        make(prompt="sea", seed=2, num_images_per_prompt=2, guidance_scale=1.0, num_inference_steps=6),
+    ]
+    in_front = run(denoiser, [*mates, target])[2][0]
+    behind = run(denoiser, [target, *reversed(mates)])[0][0]
+    # Bit-identical on the CPU (measured); one level of tolerance in case BLAS picks other kernels.
+    assert max_diff(alone, in_front) <= 1
+    assert max_diff(alone, behind) <= 1
 
 
-def test_image_i_of_a_request_uses_seed_plus_i(tiny_loaded, make):
-    pair = run(tiny_loaded, [make(seed=10, num_images_per_prompt=2)])[0]
-    second_alone = run(tiny_loaded, [make(seed=11)])[0][0]
-    assert np.abs(pixels(pair[1]) - pixels(second_alone)).max() <= 1
-    assert np.abs(pixels(pair[0]) - pixels(pair[1])).max() > 10
+def test_requests_with_other_steps_and_guidance_match_their_solo_images(denoiser, make):
+    short = make(num_inference_steps=2, seed=3)
+    unguided = make(guidance_scale=1.0, seed=4, num_inference_steps=6)
+    together = run(denoiser, [short, unguided])
+    assert max_diff(together[0][0], run(denoiser, [short])[0][0]) <= 1
+    assert max_diff(together[1][0], run(denoiser, [unguided])[0][0]) <= 1
 
 
-def test_seed_prompt_and_negative_prompt_each_change_the_image(tiny_loaded, make):
+def test_image_i_of_a_request_uses_seed_plus_i(denoiser, make):
+    pair = run(denoiser, [make(seed=10, num_images_per_prompt=2)])[0]
+    second_alone = run(denoiser, [make(seed=11)])[0][0]
+    assert max_diff(pair[1], second_alone) <= 1
+    assert max_diff(pair[0], pair[1]) > 10
+
+
+def test_seed_prompt_and_negative_prompt_each_change_the_image(denoiser, make):
     base = make()
     variants = [replace(base, seed=8), replace(base, prompt="a blue dog"), replace(base, negative_prompt="ugly")]
-    images = run(tiny_loaded, [base, *variants])
+    images = run(denoiser, [base, *variants])
     for variant_images in images[1:]:
         assert np.abs(pixels(images[0][0]) - pixels(variant_images[0])).mean() > 1
 
 
-def test_images_have_the_requested_size_and_no_guidance_path_works(tiny_loaded, make):
-    images = run(tiny_loaded, [make(width=96, height=48, guidance_scale=1.0, num_images_per_prompt=2)])[0]
+def test_images_have_the_requested_size(denoiser, make):
+    images = run(denoiser, [make(width=96, height=48, num_images_per_prompt=2)])[0]
     assert [image.size for image in images] == [(96, 48), (96, 48)]
+
+
+def test_an_expired_request_stops_alone_and_the_others_finish(denoiser, make):
+    slow, quick = make(num_inference_steps=20, timeout_s=1.0), make(num_inference_steps=3, seed=2)
+    seen_steps = []
+    # The deadline is already over: the slow request must stop after its first step, not run all 20.
+    outcomes = run(
+        denoiser, [slow, quick], deadlines=[0.0, None], on_step=lambda states: seen_steps.append(len(states))
+    )
+    assert isinstance(outcomes[0], TimeBudgetExceeded)
+    assert "ran out after step 1 of 20" in outcomes[0].message
+    assert len(outcomes[1]) == 1
+    assert seen_steps == [2, 1, 1]
+    assert max_diff(outcomes[1][0], run(denoiser, [quick])[0][0]) <= 1

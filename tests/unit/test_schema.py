@@ -3,7 +3,16 @@ import math
 import pytest
 
 from handler.errors import InvalidRequest
-from handler.schema import FIELDS, MAX_SEED, Defaults, GenerationRequest, Limits, markdown_table, parse_request
+from handler.schema import (
+    FIELDS,
+    MAX_SEED,
+    Defaults,
+    GenerationRequest,
+    Limits,
+    markdown_table,
+    negotiate,
+    parse_request,
+)
 
 
 def test_defaults_fill_every_left_out_field():
@@ -38,9 +47,13 @@ def test_every_field_is_taken_from_the_request():
         "seed": MAX_SEED,
         "num_images_per_prompt": 2,
         "output_format": "webp",
+        "response_format": "json",
+        "stream": True,
+        "preview_every": 2,
+        "timeout_s": 30,
     }
     request = parse_request(body)
-    assert request.parameters() == {**body, "guidance_scale": 3.0}
+    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0}
     assert isinstance(request.guidance_scale, float)
 
 
@@ -81,6 +94,19 @@ INVALID = [
     ({"prompt": "x", "negative_prompt_2": "y" * 2001}, "negative_prompt_2", "at most 2000 characters"),
     ({"prompt": "x", "steps": 20, "cfg": 7}, "cfg", "unknown field(s) `cfg`, `steps`; accepted fields: prompt,"),
     ({"negative_prompt": "x"}, "prompt", "`prompt` is required"),
+    ({"prompt": "x", "stream": "yes"}, "stream", "`stream` must be true or false but is a string 'yes'"),
+    ({"prompt": "x", "stream": 1}, "stream", "`stream` must be true or false but is a number 1"),
+    ({"prompt": "x", "preview_every": 2}, "preview_every", "`preview_every` needs `stream: true`"),
+    ({"prompt": "x", "stream": True, "preview_every": -1}, "preview_every", "between 0 and 100 but is -1"),
+    ({"prompt": "x", "timeout_s": 0}, "timeout_s", "`timeout_s` must be greater than 0 but is 0.0"),
+    ({"prompt": "x", "timeout_s": 601}, "timeout_s", "`timeout_s` must be between 0.0 and 600.0 but is 601"),
+    ({"prompt": "x", "response_format": "b64"}, "response_format", "one of json, image but is 'b64'"),
+    ({"prompt": "x", "response_format": "image", "stream": True}, "stream", "cannot be combined with an image"),
+    (
+        {"prompt": "x", "response_format": "image", "num_images_per_prompt": 2},
+        "num_images_per_prompt",
+        "an image response carries one image, but `num_images_per_prompt` is 2",
+    ),
 ]
 
 
@@ -111,3 +137,39 @@ def test_markdown_reference_lists_every_field_with_its_bounds():
         assert f"| `{name}` |" in table
     assert "multiple of 8, 64..512" in table
     assert "| `width` | integer | 64 |" in table
+
+
+@pytest.mark.parametrize(
+    ("accept", "body", "expected"),
+    [
+        (None, {"prompt": "x"}, {"prompt": "x"}),
+        ("application/json", {"prompt": "x"}, {"prompt": "x"}),
+        ("*/*", {"prompt": "x"}, {"prompt": "x"}),
+        ("image/webp", {"prompt": "x"}, {"prompt": "x", "response_format": "image", "output_format": "webp"}),
+        (
+            "image/*",
+            {"prompt": "x", "output_format": "jpeg"},
+            {"prompt": "x", "output_format": "jpeg", "response_format": "image"},
+        ),
+        (
+            "text/html, image/png;q=0.9",
+            {"prompt": "x"},
+            {"prompt": "x", "response_format": "image", "output_format": "png"},
+        ),
+    ],
+)
+def test_accept_header_selects_a_raw_image_response(accept, body, expected):
+    assert negotiate(body, accept) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": "x", "output_format": "png"}, "output_format"),
+        ({"prompt": "x", "response_format": "json"}, "response_format"),
+    ],
+)
+def test_accept_header_conflicting_with_the_body_is_an_error(body, field):
+    with pytest.raises(InvalidRequest) as caught:
+        negotiate(body, "image/jpeg")
+    assert caught.value.field == field and "`Accept: image/jpeg` asks for" in caught.value.message

@@ -1,0 +1,193 @@
+"""SDXL denoising with per-request state, so requests can share UNet forwards yet start, stop and finish alone.
+
+Each request holds its own prompt embeddings (encoded once, on their own), seeded noise, scheduler copy and
+step counter (:class:`RequestState`). :meth:`Denoiser.step` advances any set of same-size requests by one
+step with ONE UNet forward: a per-sample timestep vector and a per-sample guidance scale, so step counts and
+guidance may differ inside it. The math is ``StableDiffusionXLPipeline.__call__``'s, step for step
+(checked against it in the tests).
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from .errors import ConfigError
+from .schema import GenerationRequest
+
+
+def image_seeds(request: GenerationRequest) -> list[int]:
+    assert request.seed is not None, "seed must be resolved before generation"
+    return [request.seed + i for i in range(request.num_images_per_prompt)]
+
+
+@dataclass(eq=False)  # identity: states hold tensors, and two requests may be equal yet separate
+class RequestState:
+    """Everything one request needs between denoising steps."""
+
+    request: GenerationRequest
+    guidance: bool
+    embeds: torch.Tensor  # (rows, 77, D): [negative images..., positive images...] with guidance
+    pooled: torch.Tensor  # (rows, P)
+    time_ids: torch.Tensor  # (rows, 6)
+    latents: torch.Tensor  # (images, C, h, w)
+    scheduler: Any
+    generators: list[torch.Generator]
+    step: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.scheduler.timesteps)
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+    @property
+    def images(self) -> int:
+        return self.request.num_images_per_prompt
+
+
+class Denoiser:
+    """Starts, steps and decodes requests on one SDXL pipeline."""
+
+    def __init__(self, pipeline: Any, device: torch.device):
+        if pipeline.unet.config.time_cond_proj_dim is not None:
+            raise ConfigError("guidance-distilled UNets (time_cond_proj_dim) are not supported")
+        self.pipeline = pipeline
+        self.device = device
+        self.dtype = pipeline.unet.dtype
+        step_parameters = inspect.signature(pipeline.scheduler.step).parameters
+        self._scheduler_takes_generator = "generator" in step_parameters
+
+    def uses_guidance(self, guidance_scale: float) -> bool:
+        """The pipeline's rule: classifier-free guidance only above 1."""
+        return guidance_scale > 1
+
+    @torch.inference_mode()
+    def start(self, request: GenerationRequest) -> RequestState:
+        """Encode the prompts, draw the seeded noise and set up this request's own scheduler."""
+        pipe, started = self.pipeline, time.perf_counter()
+        guidance = self.uses_guidance(request.guidance_scale)
+        images = request.num_images_per_prompt
+
+        # 1. Prompts, alone: the text encoders never see batch-mates. Empty negative = zero embeddings.
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            prompt=request.prompt,
+            prompt_2=request.prompt_2,
+            device=self.device,
+            num_images_per_prompt=images,
+            do_classifier_free_guidance=guidance,
+            negative_prompt=request.negative_prompt or None,
+            negative_prompt_2=request.negative_prompt_2 or None,
+        )
+        time_ids = pipe._get_add_time_ids(
+            (request.height, request.width),
+            (0, 0),
+            (request.height, request.width),
+            dtype=embeds.dtype,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+        ).repeat(images, 1)
+        if guidance:
+            embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
+            time_ids = torch.cat([time_ids, time_ids])
+
+        # 2. Its own scheduler, so it can sit at any step whatever the others do.
+        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+        scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
+
+        # 3. Noise: one CPU generator per image (the same noise on any device).
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(request)]
+        shape = (
+            images,
+            pipe.unet.config.in_channels,
+            request.height // pipe.vae_scale_factor,
+            request.width // pipe.vae_scale_factor,
+        )
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=embeds.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        state = RequestState(
+            request=request,
+            guidance=guidance,
+            embeds=embeds.to(self.device),
+            pooled=pooled.to(self.device),
+            time_ids=time_ids.to(self.device),
+            latents=latents,
+            scheduler=scheduler,
+            generators=generators,
+            started=started,
+        )
+        state.timings_ms["encode_prompt"] = (time.perf_counter() - started) * 1000
+        return state
+
+    @torch.inference_mode()
+    def step(self, states: list[RequestState]) -> None:
+        """Advance every (unfinished, same-size) state by one step with ONE UNet forward."""
+        # 1. One UNet batch: per state [negative rows, positive rows] (or positive only without guidance).
+        inputs, timesteps = [], []
+        for state in states:
+            t = state.scheduler.timesteps[state.step]
+            scaled = state.scheduler.scale_model_input(state.latents, t)
+            copies = 2 if state.guidance else 1
+            inputs.append(torch.cat([scaled] * copies))
+            timesteps.append(t.expand(state.images * copies))
+        noise = self.pipeline.unet(
+            torch.cat(inputs),
+            torch.cat(timesteps),
+            encoder_hidden_states=torch.cat([s.embeds for s in states]),
+            added_cond_kwargs={"text_embeds": torch.cat([s.pooled for s in states]),
+                               "time_ids": torch.cat([s.time_ids for s in states])},
+            return_dict=False,
+        )[0]  # fmt: skip
+
+        # 2. Each state takes its rows back, applies its own guidance and steps its own scheduler.
+        start = 0
+        for state in states:
+            rows = state.images * (2 if state.guidance else 1)
+            prediction = noise[start : start + rows]
+            start += rows
+            if state.guidance:
+                uncond, cond = prediction.chunk(2)
+                prediction = uncond + state.request.guidance_scale * (cond - uncond)
+            extra = {"generator": state.generators[0]} if self._scheduler_takes_generator else {}
+            t = state.scheduler.timesteps[state.step]
+            state.latents = state.scheduler.step(prediction, t, state.latents, **extra, return_dict=False)[0]
+            state.step += 1
+
+    @torch.inference_mode()
+    def decode(self, states: list[RequestState]) -> list[list[Any]]:
+        """VAE-decode finished states (same size) in one call; PIL images per state."""
+        vae = self.pipeline.vae
+        latents = torch.cat([s.latents for s in states])
+        # SDXL's VAE overflows in float16: decode in float32 when its config asks (as the pipeline does).
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(dtype=torch.float32)
+        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
+        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
+            latents = latents * std / vae.config.scaling_factor + mean
+        else:
+            latents = latents / vae.config.scaling_factor
+        try:
+            decoded = vae.decode(latents, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
+        images = self.pipeline.image_processor.postprocess(decoded, output_type="pil")
+        result, start = [], 0
+        for state in states:
+            result.append(images[start : start + state.images])
+            start += state.images
+        return result
