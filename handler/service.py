@@ -67,9 +67,7 @@ class SDXLService:
             that give none.
     """
 
-    def __init__(
-        self, loaded: LoadedPipeline, settings: HandlerSettings, seed_source: Callable[[], int] = draw_seed
-    ):
+    def __init__(self, loaded: LoadedPipeline, settings: HandlerSettings, seed_source: Callable[[], int] = draw_seed):
         self.loaded = loaded
         self.settings = settings
         self.seed_source = seed_source

@@ -1,8 +1,9 @@
 """TorchServe adapter: the only module that imports ``ts``.
 
-It wires BaseHandler's stages to :class:`handler.service.SDXLService` and reports each row's own status
-through ``context.set_response_status(..., idx)``, so one bad request never fails its batch-mates.
-Archived as the model's ``--handler``; TorchServe requires exactly one class defined here.
+It wires BaseHandler's stages to :class:`handler.service.SDXLService`, reports each row's own status and
+headers through the context (so one bad request never fails its batch-mates), and sends stream chunks with
+TorchServe's intermediate responses. Archived as the model's ``--handler``; TorchServe requires exactly one
+class defined here.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ts.handler_utils.utils import send_intermediate_predict_response
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.errors import Reply
-from handler.service import Batch, SDXLService
+from handler.service import NDJSON, Batch, SDXLService
 
 log = logging.getLogger(__name__)
 
 
 class StableDiffusionXLHandler(BaseHandler):
-    """SDXL text-to-image with request batching, per-request errors and base64 image responses."""
+    """SDXL text-to-image with request batching, per-request errors, streaming and raw image responses."""
 
     def __init__(self):
         super().__init__()
@@ -35,16 +37,27 @@ class StableDiffusionXLHandler(BaseHandler):
         self.initialized = True
 
     def preprocess(self, data: list[Any]) -> Batch:
-        return self.service.parse(data)
+        return self.service.parse(data, [self._request_header(i, "accept") for i in range(len(data))])
 
     def inference(self, data: Batch, *args: Any, **kwargs: Any) -> Batch:
-        return self.service.run(data)
+        return self.service.run(data, emit=self._send_chunks)
 
     def postprocess(self, data: Batch) -> list[bytes]:
         replies = self.service.render(data)
         for index, reply in enumerate(replies):
             self._report(index, reply)
         return [reply.body for reply in replies]
+
+    def _send_chunks(self, chunks: dict[int, bytes]) -> None:
+        """One intermediate HTTP chunk per streamed row (TorchServe marks it ``ts_stream_next: true``)."""
+        for index in chunks:
+            self.context.set_response_content_type(index, NDJSON)
+        request_ids = {index: self.context.request_ids[index] for index in chunks}
+        send_intermediate_predict_response(chunks, request_ids, "Intermediate Prediction success", 200, self.context)
+
+    def _request_header(self, index: int, name: str) -> str | None:
+        headers = self.context.get_all_request_header(index) or {}
+        return next((str(v) for k, v in headers.items() if str(k).lower() == name), None)
 
     def _report(self, index: int, reply: Reply) -> None:
         self.context.set_response_status(reply.status, reply.phrase, idx=index)

@@ -128,3 +128,82 @@ def test_parallel_image_encoding_gives_the_same_bytes_as_serial(tiny_loaded, tin
     parallel = SDXLService(tiny_loaded, tiny_settings.with_changes(encode_threads=8)).handle(rows)
     assert [r.json()["images"] for r in serial] == [r.json()["images"] for r in parallel]
     assert len(parallel[0].json()["images"]) == 3
+
+
+def stream_lines(chunks: list[dict[int, bytes]], row_index: int) -> list[dict]:
+    return [json.loads(line) for chunk in chunks if row_index in chunk for line in chunk[row_index].splitlines()]
+
+
+def test_streamed_rows_get_progress_per_step_and_plain_rows_get_nothing_early(service):
+    sent: list[dict[int, bytes]] = []
+    replies = service.handle(
+        [
+            row(prompt="streamed", seed=1, stream=True, num_inference_steps=4, preview_every=2),
+            row(prompt="plain", seed=2, num_inference_steps=3),
+            row(prompt="streamed too", seed=3, stream=True, num_inference_steps=2, width=96),
+        ],
+        emit=sent.append,
+    )
+    assert all(1 not in chunk for chunk in sent)
+    first = stream_lines(sent, 0)
+    assert [(e["event"], e["step"]) for e in first] == [
+        ("progress", 1), ("progress", 2), ("preview", 2), ("progress", 3), ("progress", 4),
+    ]  # fmt: skip
+    assert all(e["total_steps"] == 4 and e["elapsed_s"] >= 0 and e["eta_s"] >= 0 for e in first if "eta_s" in e)
+    preview = next(e for e in first if e["event"] == "preview")
+    assert Image.open(io.BytesIO(base64.b64decode(preview["images"][0]))).size == (32, 32)  # latent size
+    assert [e["step"] for e in stream_lines(sent, 2)] == [1, 2]
+
+    final = [json.loads(r.body) for r in replies]
+    assert replies[0].content_type == "application/x-ndjson" and replies[0].body.endswith(b"\n")
+    assert final[0]["event"] == "result" and final[0]["seeds"] == [1]
+    assert "event" not in final[1] and final[1]["seeds"] == [2]
+    plain = service.handle([row(prompt="streamed", seed=1, num_inference_steps=4)])[0].json()
+    assert final[0]["images"] == plain["images"]
+
+
+def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(service, tiny_loaded, monkeypatch):
+    sent = []
+    unet, real_forward, calls = tiny_loaded.pipeline.unet, tiny_loaded.pipeline.unet.forward, []
+
+    def forward(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward)
+    reply = service.handle([row(prompt="x", stream=True, num_inference_steps=4)], emit=sent.append)[0]
+    assert [e["step"] for e in stream_lines(sent, 0)] == [1, 2]
+    assert reply.status == 200  # the stream already said 200; the outcome is its last line
+    event = json.loads(reply.body)
+    assert event["event"] == "error" and event["code"] == 500 and "device lost" in event["message"]
+
+
+def test_raw_image_reply_carries_seed_and_parameters_in_headers(service):
+    reply = service.handle([row(prompt="x", seed=9, response_format="image", output_format="webp", width=96)])[0]
+    assert reply.status == 200 and reply.content_type == "image/webp"
+    image = Image.open(io.BytesIO(reply.body))
+    assert (image.format, image.size) == ("WEBP", (96, 64))
+    assert reply.headers["X-Seed"] == "9"
+    assert json.loads(reply.headers["X-Parameters"])["width"] == 96
+
+
+def test_accept_header_asks_for_a_raw_image(service):
+    replies = service.handle([row(prompt="x"), row(prompt="y")], accepts=["image/jpeg", "application/json"])
+    assert replies[0].content_type == "image/jpeg" and Image.open(io.BytesIO(replies[0].body)).format == "JPEG"
+    assert replies[1].json()["content_type"] == "image/png"
+
+
+def test_time_budget_stops_one_request_with_504_and_not_its_batch_mates(service):
+    replies = service.handle(
+        [
+            row(prompt="slow", num_inference_steps=50, timeout_s=0.3),
+            row(prompt="quick", num_inference_steps=3),
+        ]
+    )
+    assert replies[0].status == 504
+    error = replies[0].json()["error"]
+    assert error["type"] == "TimeBudgetExceeded" and error["field"] == "timeout_s"
+    assert "ran out after step" in error["message"] and "of 50" in error["message"]
+    assert replies[1].status == 200

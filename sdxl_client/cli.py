@@ -1,0 +1,109 @@
+"""``sdxl-client generate "a prompt" --seed 7 --steps 20 -o out.png``: generate with a live progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+
+import requests
+
+from .client import APIError, SDXLClient
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdxl-client", description="Client of the sdxl-torchserve endpoint.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate = sub.add_parser("generate", help="make an image and save it")
+    generate.add_argument("prompt")
+    generate.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("out.png"),
+        help="image file (default out.png); its suffix picks png, jpg/jpeg or webp",
+    )
+    generate.add_argument("--seed", type=int)
+    generate.add_argument("--steps", type=int, help="num_inference_steps")
+    generate.add_argument("--guidance", type=float, help="guidance_scale")
+    generate.add_argument("--negative", help="negative_prompt")
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--timeout-s", type=float, help="the request's time budget on the server")
+    generate.add_argument("--previews", type=Path, help="folder for low-resolution previews")
+    generate.add_argument("--preview-every", type=int, default=5, help="steps between previews (default 5)")
+    generate.add_argument("--no-progress", action="store_true", help="no progress bar (one plain request)")
+    generate.add_argument("--url", default="http://127.0.0.1:8080", help="inference address")
+    generate.add_argument("--model", default="stable-diffusion-xl")
+    generate.add_argument("--token", help="inference key (default: $SDXL_TOKEN or key_file.json)")
+    generate.add_argument("--key-file", help="TorchServe's key_file.json (default ./key_file.json)")
+    return parser
+
+
+def request_body(args: argparse.Namespace) -> dict:
+    suffix = args.output.suffix.lower().lstrip(".")
+    body = {"prompt": args.prompt, "output_format": {"jpg": "jpeg"}.get(suffix, suffix or "png")}
+    for key, value in (
+        ("seed", args.seed),
+        ("num_inference_steps", args.steps),
+        ("guidance_scale", args.guidance),
+        ("negative_prompt", args.negative),
+        ("width", args.width),
+        ("height", args.height),
+        ("timeout_s", args.timeout_s),
+    ):
+        if value is not None:
+            body[key] = value
+    return body
+
+
+def generate(args: argparse.Namespace) -> dict:
+    client = SDXLClient(args.url, args.model, token=args.token, key_file=args.key_file)
+    body = request_body(args)
+    if args.no_progress:
+        return client.generate(body)
+    from tqdm import tqdm
+
+    if args.previews:
+        body["preview_every"] = args.preview_every
+        args.previews.mkdir(parents=True, exist_ok=True)
+    with tqdm(total=None, unit="step", desc="denoising", file=sys.stderr) as bar:
+        for event in client.stream(body):
+            if event["event"] == "progress":
+                bar.total = event["total_steps"]
+                bar.update(event["step"] - bar.n)
+                bar.set_postfix(eta=f"{event['eta_s']:.1f}s")
+            elif event["event"] == "preview":
+                path = args.previews / f"step-{event['step']:03d}.jpg"
+                path.write_bytes(base64.b64decode(event["images"][0]))
+            elif event["event"] == "result":
+                return event
+    raise APIError(200, "the stream ended without a result")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = generate(args)
+    except APIError as exc:
+        where = f" (field `{exc.field}`)" if exc.field else ""
+        print(f"error: {exc.message}{where} [HTTP {exc.status} {exc.error_type}]".rstrip(), file=sys.stderr)
+        return 2 if 400 <= exc.status < 500 else 1
+    except requests.RequestException as exc:
+        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_bytes(base64.b64decode(result["images"][0]))
+    parameters = result["parameters"]
+    print(
+        f"saved {args.output} ({parameters['width']}x{parameters['height']}, seed {result['seeds'][0]}, "
+        f"{parameters['num_inference_steps']} steps)"
+    )
+    print(json.dumps({"seed": result["seeds"][0], "parameters": parameters}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
