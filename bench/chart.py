@@ -17,10 +17,16 @@ def draw(results: dict, path: Path) -> None:
         points = sorted((v["batch_size"], v["images_per_s"]) for v in variants if v["kind"] == kind)
         if points:
             left.plot(*zip(*points, strict=True), style, label=kind)
-    for kind, marker in (("mixed-served", "^"), ("mixed-baseline", "v")):
+    for kind, marker in (("mixed-served", "^"), ("mixed-baseline", "v"), ("streamed", "*")):
         for v in variants:
             if v["kind"] == kind:
-                left.plot([v["batch_size"]], [v["images_per_s"]], marker, markersize=10, label=f"{kind} (3 shapes)")
+                left.plot(
+                    [v["batch_size"]],
+                    [v["images_per_s"]],
+                    marker,
+                    markersize=10,
+                    label=kind + (" (3 shapes)" if "mixed" in kind else ""),
+                )
     left.set_xlabel("batch size")
     left.set_ylabel("images / s")
     left.set_xscale("log", base=2)

@@ -7,6 +7,7 @@ Variants, all on the same requests (fixed seeds, one prompt per request):
   direct-bB     the pipeline called in-process with batches of B (the ceiling for serving)
   served-bB     TorchServe + our handler at batchSize B
   baseline-bB   TorchServe + a handler that gets the same batches but runs requests one at a time
+  streamed-b4   served-b4 with every request streamed (progress events), to price streaming
   mixed-*       ours and the baseline at batchSize 4 with 3 shapes/step counts interleaved
 Writes results.json (machine, versions, settings, every figure) and chart.png into --out.
 """
@@ -74,7 +75,8 @@ def mixed_shapes(size: int, steps: int) -> list[tuple[int, int, int]]:
     return [(size, size, steps), (wide, size, steps), (size, size, steps * 2)]
 
 
-def served_sender(server: TorchServe, model: str, body_for):
+def served_sender(server: TorchServe, model: str, body_for, stream: bool = False):
+    """``send(i)`` for the load generator; with ``stream`` it asks for progress events and reads them all."""
     url = f"{server.inference_url}/predictions/{model}"
     local = threading.local()
 
@@ -82,12 +84,16 @@ def served_sender(server: TorchServe, model: str, body_for):
         if not hasattr(local, "session"):
             local.session = requests.Session()
         headers = {"Content-Type": "application/json", **server.headers("inference")}
+        body = {**body_for(index), "stream": True} if stream else body_for(index)
         started = time.perf_counter()
-        response = local.session.post(url, data=json.dumps(body_for(index)), headers=headers, timeout=600)
+        response = local.session.post(url, data=json.dumps(body), headers=headers, timeout=600, stream=stream)
+        lines = [line for line in response.iter_lines() if line] if stream else [response.content]
         latency = time.perf_counter() - started
         if response.status_code != 200:
             return Sample(latency, response.status_code)
-        document = response.json()
+        document = json.loads(lines[-1])
+        if document.get("event") == "error":
+            return Sample(latency, document["code"])
         return Sample(
             latency,
             200,
@@ -231,6 +237,8 @@ def run(args: argparse.Namespace) -> dict:
                 for name, kind, model_batch, body in models:
                     if model_batch == batch_size and not kind.startswith("mixed"):
                         served_run(server, name, kind, model_batch, body, args, rounds, round_index)
+                if batch_size == 4:
+                    served_run(server, "streamed-b4", "streamed", 4, body_for, args, rounds, round_index)
             for name, kind, model_batch, body in models:
                 if kind.startswith("mixed"):
                     served_run(server, name, kind, model_batch, body, args, rounds, round_index)
@@ -263,10 +271,12 @@ def record(rounds: dict, name: str, kind: str, batch_size: int, summary: dict, p
 
 
 def served_run(server, name, kind, batch_size, body_for, args, rounds, round_index) -> None:
-    send = served_sender(server, name, body_for)
+    # "streamed-bB" is served-bB's model with every request streamed, to price streaming.
+    model = name.replace("streamed-", "served-")
+    send = served_sender(server, model, body_for, stream=kind == "streamed")
     for index in range(2):  # warm the connection path and the worker
         send(10_000 + index)
-    with PeakRSS(server.worker_pids(name)[0]) as rss:
+    with PeakRSS(server.worker_pids(model)[0]) as rss:
         samples, wall = closed_loop(send, args.clients, args.requests)
     record(rounds, name, kind, batch_size, summarize(samples, wall), rss.peak_mb, round_index)
 
@@ -292,6 +302,10 @@ def ratios(variants: list[dict]) -> dict:
             found[f"served_over_baseline_b{b}"] = round(
                 variant["images_per_s"] / by_name[f"baseline-b{b}"]["images_per_s"], 3
             )
+    if "streamed-b4" in by_name and "served-b4" in by_name:
+        found["streamed_over_served_b4"] = round(
+            by_name["streamed-b4"]["images_per_s"] / by_name["served-b4"]["images_per_s"], 3
+        )
     if "mixed-served-b4" in by_name and "mixed-baseline-b4" in by_name:
         found["mixed_served_over_baseline_b4"] = round(
             by_name["mixed-served-b4"]["images_per_s"] / by_name["mixed-baseline-b4"]["images_per_s"], 3
