@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from handler.denoise import Denoiser
 from handler.generate import generate_group
 from handler.loading import LoadedPipeline
 from handler.schema import GenerationRequest
@@ -38,13 +39,14 @@ def as_request(body: dict, guidance_scale: float) -> GenerationRequest:
 
 def run_direct(loaded: LoadedPipeline, batch_size: int, total: int, body_for, guidance_scale: float) -> dict:
     """Generate ``total`` images in pipeline calls of ``batch_size``; one warmup call is not counted."""
+    denoiser = Denoiser(loaded.pipeline, loaded.device)
     requests = [as_request(body_for(i), guidance_scale) for i in range(total)]
-    generate_group(loaded.pipeline, loaded.device, requests[:batch_size])
+    generate_group(denoiser, requests[:batch_size])
     calls = []
     started = time.perf_counter()
     for start in range(0, total, batch_size):
         call_started = time.perf_counter()
-        generate_group(loaded.pipeline, loaded.device, requests[start : start + batch_size])
+        generate_group(denoiser, requests[start : start + batch_size])
         calls.append(time.perf_counter() - call_started)
     wall = time.perf_counter() - started
     return {

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import threading
 import time
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> dict:
         server.stop()
     results["variants"] = [median_round(runs) for runs in rounds.values()]
 
-    results["ratios"] = ratios(results["variants"])
+    results["ratios"] = ratios(rounds)
     if args.gpu_hourly_usd:
         for variant in results["variants"]:
             if variant["images_per_s"]:
@@ -289,27 +290,32 @@ def median_round(runs: list[dict]) -> dict:
     return chosen
 
 
-def ratios(variants: list[dict]) -> dict:
-    by_name = {v["name"]: v for v in variants}
+# (ratio name, numerator variant, denominator variant): the comparisons the benchmark exists for.
+def compared_pairs(names: set[str]) -> list[tuple[str, str, str]]:
+    pairs = []
+    for name in sorted(names):
+        if name.startswith("served-b"):
+            b = name.removeprefix("served-b")
+            pairs += [
+                (f"served_over_direct_b{b}", name, f"direct-b{b}"),
+                (f"served_over_baseline_b{b}", name, f"baseline-b{b}"),
+            ]
+    pairs += [
+        ("streamed_over_served_b4", "streamed-b4", "served-b4"),
+        ("mixed_served_over_baseline_b4", "mixed-served-b4", "mixed-baseline-b4"),
+    ]
+    return [pair for pair in pairs if pair[1] in names and pair[2] in names]
+
+
+def ratios(rounds: dict[str, list[dict]]) -> dict:
+    """Each ratio per round (the two variants ran minutes apart at most), then the median over rounds:
+    a shared VM's speed drifts between rounds far more than within one."""
     found = {}
-    for variant in variants:
-        b = variant["batch_size"]
-        if variant["kind"] == "served" and f"direct-b{b}" in by_name:
-            found[f"served_over_direct_b{b}"] = round(
-                variant["images_per_s"] / by_name[f"direct-b{b}"]["images_per_s"], 3
-            )
-        if variant["kind"] == "served" and f"baseline-b{b}" in by_name:
-            found[f"served_over_baseline_b{b}"] = round(
-                variant["images_per_s"] / by_name[f"baseline-b{b}"]["images_per_s"], 3
-            )
-    if "streamed-b4" in by_name and "served-b4" in by_name:
-        found["streamed_over_served_b4"] = round(
-            by_name["streamed-b4"]["images_per_s"] / by_name["served-b4"]["images_per_s"], 3
-        )
-    if "mixed-served-b4" in by_name and "mixed-baseline-b4" in by_name:
-        found["mixed_served_over_baseline_b4"] = round(
-            by_name["mixed-served-b4"]["images_per_s"] / by_name["mixed-baseline-b4"]["images_per_s"], 3
-        )
+    for ratio, numerator, denominator in compared_pairs(set(rounds)):
+        per_round = [
+            n["images_per_s"] / d["images_per_s"] for n, d in zip(rounds[numerator], rounds[denominator], strict=True)
+        ]
+        found[ratio] = {"median": round(statistics.median(per_round), 3), "rounds": [round(r, 3) for r in per_round]}
     return found
 
 
@@ -321,8 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--size", type=int, default=64, help="image width and height (default 64)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
-    parser.add_argument("--requests", type=int, default=32, help="requests per variant and round (default 32)")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds over every variant (default 2)")
+    parser.add_argument("--requests", type=int, default=24, help="requests per variant and round (default 24)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over every variant (default 3)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--max-batch-delay", type=int, default=50, help="ms (default 50)")

@@ -15,6 +15,7 @@ from .schema import OUTPUT_FORMATS, Defaults, Limits, check_defaults
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ATTENTIONS = ("auto", "sdpa", "xformers")
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class HandlerSettings:
         png_compress_level (`int`, defaults to 6): zlib level for PNG (0-9; lower is faster, bigger).
         jpeg_quality / webp_quality (`int`, defaults to 90): encoder quality (1-100).
         encode_threads (`int`, defaults to 8): threads encoding a batch's images in parallel.
+        compile_mode (`str`, defaults to None): ``torch.compile`` the UNet with this mode ("default",
+            "max-autotune", ...); None is eager. Each new batch shape compiles once: list them in ``warmup``.
         warmup (`list`, defaults to one run at the default size): shapes generated once in ``initialize``.
         defaults / limits: request defaults and bounds, see :mod:`handler.schema`.
     """
@@ -62,6 +65,7 @@ class HandlerSettings:
     jpeg_quality: int = 90
     webp_quality: int = 90
     encode_threads: int = 8
+    compile_mode: str | None = None
     warmup: tuple[WarmupShape, ...] | None = None
     defaults: Defaults = field(default_factory=Defaults)
     limits: Limits = field(default_factory=Limits)
@@ -90,6 +94,8 @@ class HandlerSettings:
             raise ConfigError(f"handler.defaults.output_format must be one of {OUTPUT_FORMATS}")
         if not 0 <= self.png_compress_level <= 9:
             raise ConfigError(f"handler.png_compress_level must be 0..9 but is {self.png_compress_level}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"handler.compile_mode must be one of {COMPILE_MODES} but is {self.compile_mode!r}")
         if self.encode_threads < 1:
             raise ConfigError(f"handler.encode_threads must be >= 1 but is {self.encode_threads}")
         if self.max_images_per_call < self.limits.max_images_per_prompt:

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -64,6 +66,7 @@ def build_archive(
     version: str = "1.0",
     build_dir: Path = BUILD_DIR,
     handler_file: Path | None = None,
+    weights_by_path: bool = False,
 ) -> Path:
     """Build the archive; returns its path (a .mar file, a .tar.gz, or a folder for no-archive).
 
@@ -77,6 +80,8 @@ def build_archive(
         build_dir (`Path`, defaults to build/): scratch space for the tiny model and staging.
         handler_file (`Path`, defaults to handler/torchserve_handler.py): the TorchServe entry module (the
             benchmark swaps in its baseline here).
+        weights_by_path (`bool`, defaults to False): leave the weights out of the archive and point the yaml's
+            ``handler.model_path`` at them (for weights on a mounted volume; nothing is copied).
     """
     # 1. Inputs.
     is_tiny = model == "tiny"
@@ -88,6 +93,13 @@ def build_archive(
     # 2. Weights and the handler package, both placed at the archive root.
     weights = resolve_weights(model, build_dir)
     stage = stage_handler(build_dir)
+    extra_files = f"{weights},{stage}"
+    if weights_by_path:
+        model_yaml = yaml.safe_load(config.read_text())
+        model_yaml.setdefault("handler", {})["model_path"] = str(Path(weights).resolve())
+        config = build_dir / f"{model_name}.yaml"
+        config.write_text(yaml.safe_dump(model_yaml, sort_keys=False))
+        extra_files = str(stage)
 
     # 3. Archive.
     archiver = tool("torch-model-archiver")
@@ -96,7 +108,7 @@ def build_archive(
         "--model-name", model_name,
         "--version", version,
         "--handler", str(handler_file or stage / "handler" / "torchserve_handler.py"),
-        "--extra-files", f"{weights},{stage}",
+        "--extra-files", extra_files,
         "--config-file", str(config),
         "--export-path", str(export_path),
         "--archive-format", archive_format,
@@ -115,8 +127,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--archive-format", choices=["default", "no-archive", "tgz"])
     parser.add_argument("--model-name", default=MODEL_NAME)
     parser.add_argument("--version", default="1.0")
+    parser.add_argument(
+        "--weights-by-path",
+        action="store_true",
+        help="leave the weights out; the yaml's handler.model_path points at them (a mounted volume)",
+    )
     args = parser.parse_args(argv)
-    path = build_archive(args.model, args.config, args.export_path, args.archive_format, args.model_name, args.version)
+    path = build_archive(
+        args.model,
+        args.config,
+        args.export_path,
+        args.archive_format,
+        args.model_name,
+        args.version,
+        weights_by_path=args.weights_by_path,
+    )
     print(f"archive written: {path}")
 
 

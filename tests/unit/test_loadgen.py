@@ -52,16 +52,22 @@ def test_closed_loop_sends_each_request_once_with_at_most_c_in_flight():
     assert summary["p99_s"] == pytest.approx(np.percentile(ok_latencies, 99), abs=1e-4)
 
 
-def test_ratios_pair_variants_by_batch_size():
-    variants = [
-        {"name": "direct-b4", "kind": "direct", "batch_size": 4, "images_per_s": 10.0},
-        {"name": "served-b4", "kind": "served", "batch_size": 4, "images_per_s": 9.6},
-        {"name": "baseline-b4", "kind": "baseline", "batch_size": 4, "images_per_s": 4.8},
-        {"name": "mixed-served-b4", "kind": "mixed-served", "batch_size": 4, "images_per_s": 6.0},
-        {"name": "mixed-baseline-b4", "kind": "mixed-baseline", "batch_size": 4, "images_per_s": 4.0},
-    ]
-    assert ratios(variants) == {
-        "served_over_direct_b4": 0.96,
-        "served_over_baseline_b4": 2.0,
-        "mixed_served_over_baseline_b4": 1.5,
+def test_ratios_pair_variants_within_each_round_then_take_the_median():
+    def runs(*values):
+        return [{"images_per_s": v} for v in values]
+
+    rounds = {
+        "direct-b4": runs(10.0, 5.0, 8.0),
+        "served-b4": runs(9.0, 5.0, 8.8),
+        "baseline-b4": runs(4.5, 2.0, 4.0),
+        "streamed-b4": runs(9.0, 4.0, 8.8),
+        "mixed-served-b4": runs(6.0, 6.0, 6.0),
+        "mixed-baseline-b4": runs(4.0, 5.0, 3.0),
+        "direct-b8": runs(1.0, 1.0, 1.0),
+    }
+    assert ratios(rounds) == {
+        "served_over_direct_b4": {"median": 1.0, "rounds": [0.9, 1.0, 1.1]},
+        "served_over_baseline_b4": {"median": 2.2, "rounds": [2.0, 2.5, 2.2]},
+        "streamed_over_served_b4": {"median": 1.0, "rounds": [1.0, 0.8, 1.0]},
+        "mixed_served_over_baseline_b4": {"median": 1.5, "rounds": [1.5, 1.2, 2.0]},
     }
