@@ -220,6 +220,10 @@ def run(args: argparse.Namespace) -> dict:
             log({"served": served})
         finally:
             server.stop()
+    if args.gpu_hourly_usd:
+        for entry in [results["best"], results.get("served")]:
+            if entry and entry.get("images_per_s"):
+                entry["usd_per_1000_images"] = round(args.gpu_hourly_usd / 3600 / entry["images_per_s"] * 1000, 4)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"results: {out / 'results.json'}")
@@ -237,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=2, help="timed pipeline calls per point (default 2)")
     parser.add_argument("--compile", default="max-autotune-no-cudagraphs", help="torch.compile mode; '' skips it")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 TFLOP/s of the GPU (H200: ~790)")
+    parser.add_argument("--gpu-hourly-usd", type=float, default=0.0, help="$/GPU-hour, for $/1000 images")
     parser.add_argument("--served-requests", type=int, default=32, help="served run's requests; 0 skips it")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--config", default="sdxl-base.yaml")

@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--size", type=int, default=64, help="image width and height (default 64)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (default 4)")
-    parser.add_argument("--requests", type=int, default=24, help="requests per variant and round (default 24)")
+    parser.add_argument("--requests", type=int, default=20, help="requests per variant and round (default 20)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over every variant (default 3)")
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
