@@ -145,6 +145,14 @@ class SDXLService:
         )
         return replies
 
+    def gpu_memory_bytes(self) -> int | None:
+        """Memory held by PyTorch tensors on this pipeline's GPU; None on the CPU."""
+        if self.loaded.device.type != "cuda":
+            return None
+        import torch
+
+        return torch.cuda.memory_allocated(self.loaded.device)
+
     def handle(self, rows: list[Any], accepts: list[str | None] | None = None, emit: Emitter | None = None):
         return self.render(self.run(self.parse(rows, accepts), emit))
 

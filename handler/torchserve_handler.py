@@ -12,9 +12,12 @@ import logging
 from typing import Any
 
 from ts.handler_utils.utils import send_intermediate_predict_response
+from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.errors import Reply
+from handler.metrics import batch_metrics
 from handler.service import NDJSON, Batch, SDXLService
 
 log = logging.getLogger(__name__)
@@ -46,7 +49,20 @@ class StableDiffusionXLHandler(BaseHandler):
         replies = self.service.render(data)
         for index, reply in enumerate(replies):
             self._report(index, reply)
+        self._record_metrics(data, replies)
         return [reply.body for reply in replies]
+
+    def _record_metrics(self, batch: Batch, replies: list[Reply]) -> None:
+        """Forward the batch's metrics (declared in config/metrics.yaml) to TorchServe; never fail a batch."""
+        try:
+            for observation in batch_metrics(batch, replies, self.service.gpu_memory_bytes()):
+                spec = observation.spec
+                dimensions = [Dimension(name, value) for name, value in observation.labels.items()]
+                self.context.metrics.add_metric(
+                    spec.name, observation.value, spec.unit, dimensions=dimensions, metric_type=MetricTypes(spec.kind)
+                )
+        except Exception:
+            log.warning("could not record metrics", exc_info=True)
 
     def _send_chunks(self, chunks: dict[int, bytes]) -> None:
         """One intermediate HTTP chunk per streamed row (TorchServe marks it ``ts_stream_next: true``)."""

@@ -59,6 +59,13 @@ def write_config(target: Path, overrides: dict[str, str], base: Path = SHIPPED_C
             seen.add(key)
         lines.append(line)
     lines += [f"{key}={value}" for key, value in overrides.items() if key not in seen]
+    # A config written elsewhere still finds the repository's metrics config.
+    lines = [
+        f"metrics_config={REPO_ROOT / line.split('=', 1)[1]}"
+        if line.startswith("metrics_config=") and not Path(line.split("=", 1)[1]).is_absolute()
+        else line
+        for line in lines
+    ]
     target.write_text("\n".join(lines) + "\n")
     return target
 

@@ -1,0 +1,128 @@
+"""The handler's own Prometheus metrics: declared once here, computed from a finished batch.
+
+TorchServe exposes a handler metric on ``/metrics`` (prometheus mode) only when its name, type, unit and
+dimensions are declared in the ``model_metrics`` section of the server's metrics config:
+``config/metrics.yaml`` carries TorchServe's defaults plus :func:`model_metrics_config` (a test keeps the
+two in sync). The adapter forwards :func:`batch_metrics` to ``context.metrics``; nothing here imports ts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# TorchServe appends these two dimensions to every model metric (and Hostname on the frontend side).
+DEFAULT_DIMENSIONS = ("ModelName", "Level")
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    kind: str  # "counter", "gauge" or "histogram"
+    unit: str
+    labels: tuple[str, ...]
+    help: str
+
+
+LATENCY = MetricSpec(
+    "sdxl_generation_latency_seconds",
+    "histogram",
+    "Seconds",
+    ("Steps",),
+    "Handler time of a successful request, by num_inference_steps",
+)
+STAGE = MetricSpec(
+    "sdxl_stage_seconds",
+    "histogram",
+    "Seconds",
+    ("Stage",),
+    "Time per stage of a request: text_encoding, denoising, vae_decode, image_encoding",
+)
+IMAGES = MetricSpec("sdxl_images_generated_total", "counter", "Count", (), "Images returned to clients")
+REQUESTS = MetricSpec(
+    "sdxl_requests_total",
+    "counter",
+    "Count",
+    ("Outcome",),
+    "Requests handled, by outcome: ok, client_error, server_error",
+)
+REJECTED = MetricSpec(
+    "sdxl_requests_rejected_total", "counter", "Count", ("Reason",), "Requests answered with an error, by error type"
+)
+BATCH = MetricSpec("sdxl_executed_batch_size", "histogram", "Count", (), "Requests per handler call")
+GPU_MEMORY = MetricSpec(
+    "sdxl_gpu_memory_allocated_bytes",
+    "gauge",
+    "Bytes",
+    (),
+    "GPU memory held by PyTorch tensors after a batch (CUDA only)",
+)
+METRICS = (LATENCY, STAGE, IMAGES, REQUESTS, REJECTED, BATCH, GPU_MEMORY)
+
+STAGES = {
+    "encode_prompt": "text_encoding",
+    "denoise": "denoising",
+    "vae_decode": "vae_decode",
+    "encode_image": "image_encoding",
+}
+
+
+@dataclass(frozen=True)
+class Observation:
+    spec: MetricSpec
+    value: float
+    labels: dict[str, str]
+
+
+def model_metrics_config() -> dict[str, list[dict[str, Any]]]:
+    """The ``model_metrics`` section of TorchServe's metrics config for :data:`METRICS`."""
+    section: dict[str, list[dict[str, Any]]] = {}
+    for spec in METRICS:
+        section.setdefault(spec.kind, []).append(
+            {"name": spec.name, "unit": spec.unit, "dimensions": [*spec.labels, *DEFAULT_DIMENSIONS]}
+        )
+    return section
+
+
+def batch_metrics(batch: Any, replies: list[Any], gpu_memory_bytes: int | None = None) -> list[Observation]:
+    """What one handler call adds to the metrics, from its Batch and its replies (in row order)."""
+    observations = [Observation(BATCH, batch.size, {})]
+    for row, reply in enumerate(replies):
+        error_type = _error_type(reply)
+        if error_type is None:
+            request = batch.requests[row]
+            timings = batch.timings[row]
+            observations.append(
+                Observation(LATENCY, timings["total"] / 1000, {"Steps": str(request.num_inference_steps)})
+            )
+            observations.append(Observation(IMAGES, request.num_images_per_prompt, {}))
+            observations += [
+                Observation(STAGE, timings[key] / 1000, {"Stage": stage})
+                for key, stage in STAGES.items()
+                if key in timings
+            ]
+            observations.append(Observation(REQUESTS, 1, {"Outcome": "ok"}))
+        else:
+            code = error_type[1]
+            observations.append(Observation(REJECTED, 1, {"Reason": error_type[0]}))
+            observations.append(Observation(REQUESTS, 1, {"Outcome": "client_error" if code < 500 else "server_error"}))
+    if gpu_memory_bytes is not None:
+        observations.append(Observation(GPU_MEMORY, gpu_memory_bytes, {}))
+    return observations
+
+
+def _error_type(reply: Any) -> tuple[str, int] | None:
+    """(type, code) of an error reply, including a stream's final error event; None for a success."""
+    if reply.status >= 400:
+        error = reply.json()["error"]
+        return error["type"], error["code"]
+    if reply.content_type == "application/x-ndjson" and reply.body.startswith(b'{"event":"error"'):
+        event = reply.json()
+        return event["type"], event["code"]
+    return None
+
+
+if __name__ == "__main__":
+    import yaml
+
+    print(yaml.safe_dump({"model_metrics": model_metrics_config()}, sort_keys=False))
