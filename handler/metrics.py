@@ -24,17 +24,22 @@ class MetricSpec:
     help: str
 
 
+# TorchServe's Prometheus histograms have the client's fixed default buckets (5 ms .. 10 s). Diffusion takes
+# 1-100 s, so durations are observed in dekaseconds (10 s): the same buckets then span 50 ms .. 100 s.
+# Multiply by 10 in PromQL for seconds.
+DEKASECONDS = 10.0
+
 LATENCY = MetricSpec(
-    "sdxl_generation_latency_seconds",
+    "sdxl_generation_latency_dekaseconds",
     "histogram",
-    "Seconds",
+    "Dekaseconds",
     ("Steps",),
     "Handler time of a successful request, by num_inference_steps",
 )
 STAGE = MetricSpec(
-    "sdxl_stage_seconds",
+    "sdxl_stage_dekaseconds",
     "histogram",
-    "Seconds",
+    "Dekaseconds",
     ("Stage",),
     "Time per stage of a request: text_encoding, denoising, vae_decode, image_encoding",
 )
@@ -93,11 +98,11 @@ def batch_metrics(batch: Any, replies: list[Any], gpu_memory_bytes: int | None =
             request = batch.requests[row]
             timings = batch.timings[row]
             observations.append(
-                Observation(LATENCY, timings["total"] / 1000, {"Steps": str(request.num_inference_steps)})
+                Observation(LATENCY, timings["total"] / 1000 / DEKASECONDS, {"Steps": str(request.num_inference_steps)})
             )
             observations.append(Observation(IMAGES, request.num_images_per_prompt, {}))
             observations += [
-                Observation(STAGE, timings[key] / 1000, {"Stage": stage})
+                Observation(STAGE, timings[key] / 1000 / DEKASECONDS, {"Stage": stage})
                 for key, stage in STAGES.items()
                 if key in timings
             ]

@@ -91,7 +91,9 @@ def build_archive(
     export_path.mkdir(parents=True, exist_ok=True)
 
     # 2. Weights and the handler package, both placed at the archive root.
-    weights = resolve_weights(model, build_dir)
+    # A path by reference may not exist yet (a volume mounted at run time); it is not resolved or checked.
+    by_reference = weights_by_path and Path(model).is_absolute()
+    weights = Path(model) if by_reference else resolve_weights(model, build_dir)
     stage = stage_handler(build_dir)
     extra_files = f"{weights},{stage}"
     if weights_by_path:

@@ -1,0 +1,178 @@
+"""Deployment files, checked offline: Dockerfile lint and install steps, Kubernetes schemas, KServe layout,
+and every dashboard/alert query against the metric names the server declares."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from handler.metrics import METRICS
+from scripts.torchserve_control import read_properties
+from tests.conftest import REPO_ROOT
+
+DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
+KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
+MONITORING = REPO_ROOT / "deploy" / "monitoring"
+
+
+def tool(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    found = str(path) if path.exists() else shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed (pip install -e '.[dev]')")
+    return found
+
+
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run([tool("hadolint"), "Dockerfile"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_installs_with_the_projects_own_script_torch_first():
+    run = re.search(r"RUN (EDITABLE=.*?bash scripts/install\.sh)", DOCKERFILE, re.S)
+    assert run, "the image must install through scripts/install.sh"
+    assert all(f'{arg}="${{{arg}}}"' in run.group(1) for arg in ("TORCH_SPEC", "TORCH_INDEX_URL", "EXTRAS"))
+    install = (REPO_ROOT / "scripts" / "install.sh").read_text()
+    assert install.index('pip install -q "$TORCH_SPEC"') < install.index('pip install -q ${EDITABLE--e} ".[${EXTRAS}]"')
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    default_extras = re.search(r"^ARG EXTRAS=(\S+)$", DOCKERFILE, re.M).group(1).split(",")
+    for extra in default_extras:
+        assert re.search(rf"^{extra} = \[", pyproject, re.M), f"extra {extra} is not in pyproject.toml"
+    for package in re.search(r"packages = \[(.*?)\]", pyproject).group(1).replace('"', "").split(", "):
+        assert f"COPY {package}/ {package}/" in DOCKERFILE, f"the image misses the {package} package"
+
+
+def test_image_runs_non_root_with_healthcheck_and_no_secrets():
+    assert re.search(r"^USER 1000:1000$", DOCKERFILE, re.M)
+    assert "HEALTHCHECK" in DOCKERFILE and "scripts/healthcheck.sh" in DOCKERFILE
+    assert '"--foreground"' in DOCKERFILE and "config/container.properties" in DOCKERFILE
+    assert not re.search(r"(?i)^(ARG|ENV) \S*(TOKEN|KEY|SECRET|PASSWORD)", DOCKERFILE, re.M)
+
+
+# Keys a derived config may change from config/config.properties, and why (see each file's header).
+ALLOWED_DIFFERENCES = {
+    "config/container.properties": {
+        "inference_address",
+        "metrics_address",
+        "model_store",
+        "load_models",
+        "metrics_config",
+        "allowed_urls",
+    },
+    "deploy/kserve/config/config.properties": {
+        "inference_address",
+        "metrics_address",
+        "model_store",
+        "load_models",
+        "metrics_config",
+        "allowed_urls",
+        "disable_token_authorization",
+    },
+}
+
+
+@pytest.mark.parametrize("path", sorted(ALLOWED_DIFFERENCES))
+def test_derived_configs_differ_from_the_shipped_one_only_where_they_must(path):
+    shipped = read_properties(REPO_ROOT / "config" / "config.properties")
+    derived = read_properties(REPO_ROOT / path)
+    changed = {key for key in shipped.keys() | derived.keys() if shipped.get(key) != derived.get(key)}
+    assert changed == ALLOWED_DIFFERENCES[path]
+    assert derived["management_address"].startswith("http://127.0.0.1:")
+
+
+def test_kubernetes_manifests_validate_against_the_schemas():
+    core = ["deployment.yaml", "service.yaml", "hpa.yaml", "prometheus-adapter-rules.yaml"]
+    result = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", *core], cwd=KUBERNETES, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") == len(core)
+
+
+def test_deployment_has_what_a_gpu_pod_needs():
+    deployment = yaml.safe_load((KUBERNETES / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"/dev/shm", "/models/sdxl-base-1.0"} <= {m["mountPath"] for m in container["volumeMounts"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "healthcheck.sh" in " ".join(container[probe]["exec"]["command"])
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 900  # sdxl-base.yaml startupTimeout
+    assert "drain.py" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
+    model_yaml = yaml.safe_load((REPO_ROOT / "config" / "sdxl-base.yaml").read_text())
+    assert pod["terminationGracePeriodSeconds"] > 15 + model_yaml["responseTimeout"]
+
+
+def test_keda_and_kserve_objects_are_complete():
+    keda = yaml.safe_load((KUBERNETES / "keda-scaledobject.yaml").read_text())
+    assert keda["spec"]["scaleTargetRef"]["name"] == "sdxl-torchserve"
+    assert "ts_queue_latency_microseconds" in keda["spec"]["triggers"][0]["metadata"]["query"]
+    service = yaml.safe_load((REPO_ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+    container = service["spec"]["predictor"]["containers"][0]
+    assert "/mnt/models/config/config.properties" in container["args"]
+    assert "/mnt/models/model-store" in container["args"]
+    config = read_properties(REPO_ROOT / "deploy" / "kserve" / "config" / "config.properties")
+    assert config["model_store"] == "/mnt/models/model-store"
+
+
+def declared_metric_names() -> set[str]:
+    config = yaml.safe_load((REPO_ROOT / "config" / "metrics.yaml").read_text())
+    names = set()
+    for section in ("ts_metrics", "model_metrics"):
+        for kind, metrics in config[section].items():
+            for metric in metrics:
+                names.add(metric["name"])
+                if kind == "histogram":
+                    names |= {f"{metric['name']}_bucket", f"{metric['name']}_sum", f"{metric['name']}_count"}
+    return names
+
+
+def referenced_metrics(expr: str) -> set[str]:
+    expr = re.sub(r"\bby\s*\([^)]*\)", "", expr)  # grouping labels are not metrics
+    words = set(re.findall(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*[\[{]", expr))
+    words |= set(re.findall(r"\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)", expr))
+    promql = {"rate", "sum", "avg", "max", "by", "histogram_quantile", "le"}
+    return {w for w in words if w not in promql}
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+
+
+def alert_rules() -> list[dict]:
+    return yaml.safe_load((MONITORING / "alert-rules.yaml").read_text())["groups"][0]["rules"]
+
+
+def test_every_dashboard_and_alert_query_uses_declared_metrics():
+    declared = declared_metric_names()
+    exprs = dashboard_exprs() + [rule["expr"] for rule in alert_rules()]
+    used = set().union(*(referenced_metrics(e) for e in exprs))
+    assert used, "no metric found in the queries"
+    assert used <= declared, f"undeclared metrics: {used - declared}"
+    # Every metric the handler exports has a panel or an alert.
+    assert {spec.name for spec in METRICS} <= {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
+
+
+@pytest.mark.parametrize(
+    ("alert", "metric", "threshold", "duration"),
+    [
+        ("SDXLLatencyP99High", "sdxl_generation_latency_dekaseconds_bucket", "> 60", "5m"),
+        ("SDXLGPUUtilizationLow", "GPUUtilization", "< 50", "15m"),
+        ("SDXLGPUUtilizationHigh", "GPUUtilization", "> 95", "15m"),
+        ("SDXLQueueDepthHigh", "ts_queue_latency_microseconds", "> 50", "5m"),
+        ("SDXLErrorRateHigh", "sdxl_requests_total", "> 0.05", "5m"),
+        ("SDXLGPUMemoryHigh", "GPUMemoryUtilization", "> 95", "5m"),
+    ],
+)
+def test_alerts_fire_at_the_agreed_thresholds(alert, metric, threshold, duration):
+    rule = next(r for r in alert_rules() if r["alert"] == alert)
+    assert metric in rule["expr"] and rule["expr"].endswith(threshold) and rule["for"] == duration
