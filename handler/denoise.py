@@ -9,6 +9,7 @@ guidance may differ inside it. The math is ``StableDiffusionXLPipeline.__call__`
 
 from __future__ import annotations
 
+import gc
 import inspect
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from .errors import ConfigError
+from .errors import ConfigError, NonFiniteImage
 from .schema import GenerationRequest
 
 
@@ -58,7 +59,15 @@ class RequestState:
 class Denoiser:
     """Starts, steps and decodes requests on one SDXL pipeline."""
 
-    def __init__(self, pipeline: Any, device: torch.device):
+    def __init__(self, pipeline: Any, device: torch.device, memory_ceiling_latent_pixels: int | None = None):
+        """
+        Args:
+            pipeline: a loaded ``StableDiffusionXLPipeline``.
+            device (`torch.device`): where it runs.
+            memory_ceiling_latent_pixels (`int`, defaults to None): fault injection for the out-of-memory
+                path: a UNet forward over more latent pixels than this raises ``torch.OutOfMemoryError``.
+        """
+        self.memory_ceiling_latent_pixels = memory_ceiling_latent_pixels
         if pipeline.unet.config.time_cond_proj_dim is not None:
             raise ConfigError("guidance-distilled UNets (time_cond_proj_dim) are not supported")
         self.pipeline = pipeline
@@ -140,8 +149,16 @@ class Denoiser:
             copies = 2 if state.guidance else 1
             inputs.append(torch.cat([scaled] * copies))
             timesteps.append(t.expand(state.images * copies))
+        batch_input = torch.cat(inputs)
+        if self.memory_ceiling_latent_pixels is not None:
+            pixels = batch_input.shape[0] * batch_input.shape[-2] * batch_input.shape[-1]
+            if pixels > self.memory_ceiling_latent_pixels:
+                raise torch.OutOfMemoryError(
+                    f"simulated: {pixels} latent pixels in one UNet forward exceed "
+                    f"memory_ceiling_latent_pixels={self.memory_ceiling_latent_pixels}"
+                )
         noise = self.pipeline.unet(
-            torch.cat(inputs),
+            batch_input,
             torch.cat(timesteps),
             encoder_hidden_states=torch.cat([s.embeds for s in states]),
             added_cond_kwargs={"text_embeds": torch.cat([s.pooled for s in states]),
@@ -163,13 +180,47 @@ class Denoiser:
             state.latents = state.scheduler.step(prediction, t, state.latents, **extra, return_dict=False)[0]
             state.step += 1
 
+    def free_memory(self) -> None:
+        """Release what an aborted call left behind (cached CUDA blocks, unreferenced tensors)."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     @torch.inference_mode()
-    def decode(self, states: list[RequestState]) -> list[list[Any]]:
-        """VAE-decode finished states (same size) in one call; PIL images per state."""
-        vae = self.pipeline.vae
+    def decode(self, states: list[RequestState]) -> list[list[Any] | BaseException]:
+        """VAE-decode finished states (same size) in one call: PIL images per state. A state whose decode is
+        not finite (NaN/inf: a black image) is decoded again with the VAE in float32; if that fails too, its
+        outcome is a :class:`NonFiniteImage` error and the others keep their images."""
         latents = torch.cat([s.latents for s in states])
-        # SDXL's VAE overflows in float16: decode in float32 when its config asks (as the pipeline does).
-        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        decoded = self._vae_decode(latents, force_float32=False)
+        slices, start = [], 0
+        for state in states:
+            slices.append(slice(start, start + state.images))
+            start += state.images
+        bad = [i for i, rows in enumerate(slices) if not torch.isfinite(decoded[rows]).all()]
+        if bad:
+            again = self._vae_decode(torch.cat([latents[slices[i]] for i in bad]), force_float32=True)
+            decoded, offset = decoded.float(), 0
+            for i in bad:
+                count = slices[i].stop - slices[i].start
+                decoded[slices[i]] = again[offset : offset + count].float()
+                offset += count
+        result: list[list[Any] | BaseException] = []
+        for rows in slices:
+            if torch.isfinite(decoded[rows]).all():
+                result.append(self.pipeline.image_processor.postprocess(decoded[rows], output_type="pil"))
+            else:
+                result.append(NonFiniteImage("the VAE decoded NaN/inf values even in float32 (a black image)"))
+        return result
+
+    def _vae_decode(self, latents: torch.Tensor, force_float32: bool) -> torch.Tensor:
+        vae = self.pipeline.vae
+        # SDXL's VAE overflows in float16: decode in float32 when its config asks (as the pipeline does),
+        # or when a first decode came out non-finite.
+        original = vae.dtype
+        upcast = original != torch.float32 and (
+            force_float32 or (original == torch.float16 and vae.config.force_upcast)
+        )
         if upcast:
             vae.to(dtype=torch.float32)
         latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
@@ -181,13 +232,7 @@ class Denoiser:
         else:
             latents = latents / vae.config.scaling_factor
         try:
-            decoded = vae.decode(latents, return_dict=False)[0]
+            return vae.decode(latents, return_dict=False)[0]
         finally:
             if upcast:
-                vae.to(dtype=torch.float16)
-        images = self.pipeline.image_processor.postprocess(decoded, output_type="pil")
-        result, start = [], 0
-        for state in states:
-            result.append(images[start : start + state.images])
-            start += state.images
-        return result
+                vae.to(dtype=original)

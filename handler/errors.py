@@ -45,6 +45,10 @@ class TimeBudgetExceeded(ServingError):
     phrase = "Gateway Timeout"
 
 
+class NonFiniteImage(ServingError):
+    """The VAE decoded NaN/inf (a black image) even when retried in float32."""
+
+
 class OutOfMemory(ServingError):
     status = 507
     phrase = "Insufficient Storage"
@@ -68,7 +72,7 @@ class Reply:
         return json.loads(self.body)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, (MemoryError, torch.OutOfMemoryError))
@@ -78,7 +82,7 @@ def error_reply(exc: BaseException) -> Reply:
     """Map an exception to its reply. Unknown exceptions become 500 with their type and message."""
     if isinstance(exc, ServingError):
         error = exc
-    elif _is_out_of_memory(exc):
+    elif is_out_of_memory(exc):
         error = OutOfMemory(f"out of memory while generating: {exc}")
     else:
         error = ServingError(f"generation failed: {type(exc).__name__}: {exc}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .denoise import Denoiser, RequestState
-from .errors import TimeBudgetExceeded
+from .errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
 from .schema import GenerationRequest
 
 StepHook = Callable[[list[RequestState]], None]
@@ -67,12 +67,36 @@ def generate_group(
         if finished:
             denoised = time.perf_counter()
             for state, images in zip(finished, denoiser.decode(finished), strict=True):
-                outcomes[index_of[id(state)]] = images
+                outcomes[index_of[id(state)]] = images  # PIL images, or why there are none
                 state.timings_ms["denoise"] = (denoised - loop_started) * 1000
                 state.timings_ms["vae_decode"] = (time.perf_counter() - denoised) * 1000
         active = [s for s in active if s not in finished and s not in expired]
 
     return GroupResult(outcomes=outcomes, timings_ms=[s.timings_ms for s in states])  # type: ignore[arg-type]
+
+
+def generate_splitting(
+    denoiser: Denoiser,
+    requests: list[GenerationRequest],
+    on_step: StepHook | None = None,
+    deadlines: list[float | None] | None = None,
+) -> GroupResult:
+    """:func:`generate_group`, except that a group running out of memory is split in halves and retried,
+    down to single requests: only a request that runs out of memory ALONE gets the error (507)."""
+    deadlines = deadlines or [None] * len(requests)
+    try:
+        return generate_group(denoiser, requests, on_step, deadlines)
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        denoiser.free_memory()
+        if len(requests) == 1:
+            error = OutOfMemory(f"out of memory generating this request even alone: {exc}")
+            return GroupResult(outcomes=[error], timings_ms=[{}])
+        half = len(requests) // 2
+        first = generate_splitting(denoiser, requests[:half], on_step, deadlines[:half])
+        second = generate_splitting(denoiser, requests[half:], on_step, deadlines[half:])
+        return GroupResult(first.outcomes + second.outcomes, first.timings_ms + second.timings_ms)
 
 
 def _expired(deadline: float | None, now: float) -> bool:

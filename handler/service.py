@@ -26,7 +26,7 @@ from .decode import decode_row
 from .denoise import Denoiser, RequestState, image_seeds
 from .encode import encode_image, json_body, preview_event, progress_event
 from .errors import Reply, ResponseTooLarge, error_reply
-from .generate import generate_group
+from .generate import generate_group, generate_splitting
 from .loading import LoadedPipeline, load_pipeline
 from .schema import IMAGE_CONTENT_TYPES, MAX_SEED, GenerationRequest, negotiate, parse_request
 from .settings import HandlerSettings
@@ -71,7 +71,7 @@ class SDXLService:
         self.loaded = loaded
         self.settings = settings
         self.seed_source = seed_source
-        self.denoiser = Denoiser(loaded.pipeline, loaded.device)
+        self.denoiser = Denoiser(loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels)
 
     @classmethod
     def from_model_dir(
@@ -107,7 +107,7 @@ class SDXLService:
             deadlines = [None if r.timeout_s is None else batch.started + r.timeout_s for r in group.requests]
             on_step = self._stream_hook(batch, group.rows, emit)
             try:
-                result = generate_group(self.denoiser, group.requests, on_step, deadlines)
+                result = generate_splitting(self.denoiser, group.requests, on_step, deadlines)
             except Exception as exc:  # isolate the failure to this group
                 log.exception("group of %d request(s) %s failed", len(group.rows), group.key)
                 batch.errors.update({row: exc for row in group.rows})
@@ -252,9 +252,13 @@ class SDXLService:
     @staticmethod
     def _as_final_event(reply: Reply) -> Reply:
         """A streamed row already answered 200: its outcome travels as the stream's last JSON line."""
-        document = json.loads(reply.body)
-        event = {"event": "error", **document["error"]} if reply.status >= 400 else {"event": "result", **document}
-        return Reply(status=200, body=json.dumps(event, separators=(",", ":")).encode() + b"\n", content_type=NDJSON)
+        if reply.status >= 400:
+            event = {"event": "error", **json.loads(reply.body)["error"]}
+            return Reply(
+                status=200, body=json.dumps(event, separators=(",", ":")).encode() + b"\n", content_type=NDJSON
+            )
+        # The success body is one JSON object holding the images: splice the event name in, no re-encoding.
+        return Reply(status=200, body=b'{"event":"result",' + reply.body[1:] + b"\n", content_type=NDJSON)
 
     def warmup(self) -> list[float]:
         """Generate once at every configured warmup shape, so the first user request is fast."""

@@ -50,6 +50,9 @@ class HandlerSettings:
         encode_threads (`int`, defaults to 8): threads encoding a batch's images in parallel.
         compile_mode (`str`, defaults to None): ``torch.compile`` the UNet with this mode ("default",
             "max-autotune", ...); None is eager. Each new batch shape compiles once: list them in ``warmup``.
+        memory_ceiling_latent_pixels (`int`, defaults to None): fault injection: a UNet forward over more
+            latent pixels (rows x h x w) than this fails as out of memory, to exercise the split-and-retry
+            path on a CPU. Leave None in production.
         warmup (`list`, defaults to one run at the default size): shapes generated once in ``initialize``.
         defaults / limits: request defaults and bounds, see :mod:`handler.schema`.
     """
@@ -66,6 +69,7 @@ class HandlerSettings:
     webp_quality: int = 90
     encode_threads: int = 8
     compile_mode: str | None = None
+    memory_ceiling_latent_pixels: int | None = None
     warmup: tuple[WarmupShape, ...] | None = None
     defaults: Defaults = field(default_factory=Defaults)
     limits: Limits = field(default_factory=Limits)

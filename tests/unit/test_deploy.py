@@ -57,24 +57,17 @@ def test_image_runs_non_root_with_healthcheck_and_no_secrets():
 
 
 # Keys a derived config may change from config/config.properties, and why (see each file's header).
+CONTAINER_DIFFERENCES = {
+    "inference_address",
+    "metrics_address",
+    "model_store",
+    "load_models",
+    "metrics_config",
+    "allowed_urls",
+}
 ALLOWED_DIFFERENCES = {
-    "config/container.properties": {
-        "inference_address",
-        "metrics_address",
-        "model_store",
-        "load_models",
-        "metrics_config",
-        "allowed_urls",
-    },
-    "deploy/kserve/config/config.properties": {
-        "inference_address",
-        "metrics_address",
-        "model_store",
-        "load_models",
-        "metrics_config",
-        "allowed_urls",
-        "disable_token_authorization",
-    },
+    "config/container.properties": CONTAINER_DIFFERENCES,
+    "deploy/kserve/config/config.properties": CONTAINER_DIFFERENCES | {"disable_token_authorization"},
 }
 
 

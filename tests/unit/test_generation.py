@@ -106,3 +106,36 @@ def test_an_expired_request_stops_alone_and_the_others_finish(denoiser, make):
     assert len(outcomes[1]) == 1
     assert seen_steps == [2, 1, 1]
     assert max_diff(outcomes[1][0], run(denoiser, [quick])[0][0]) <= 1
+
+
+def _nan_decodes(monkeypatch, vae, when):
+    """Fault injection on the VAE: its decode returns NaN for the first image whenever ``when(vae)``."""
+    real_decode = vae.decode
+
+    def decode(latents, *args, **kwargs):
+        output = real_decode(latents, *args, **kwargs)
+        if when(vae):
+            output[0][0] = float("nan")
+        return output
+
+    monkeypatch.setattr(vae, "decode", decode)
+
+
+def test_a_non_finite_decode_is_retried_with_the_vae_in_float32(tiny_model_dir, make, monkeypatch):
+    from handler.loading import load_pipeline
+    from handler.settings import HandlerSettings
+
+    loaded = load_pipeline(str(tiny_model_dir), HandlerSettings(dtype="bfloat16"))
+    denoiser = Denoiser(loaded.pipeline, loaded.device)
+    requests = [make(seed=1), make(seed=2)]
+    _nan_decodes(monkeypatch, loaded.pipeline.vae, when=lambda vae: vae.dtype == torch.bfloat16)
+    outcomes = run(denoiser, requests)
+    assert all(isinstance(o, list) for o in outcomes)  # the NaN one was decoded again in float32
+    assert loaded.pipeline.vae.dtype == torch.bfloat16  # and the VAE went back to its dtype
+    assert pixels(outcomes[0][0]).max() > 0
+
+    monkeypatch.undo()
+    _nan_decodes(monkeypatch, loaded.pipeline.vae, when=lambda vae: True)
+    outcomes = run(denoiser, requests)
+    assert "NaN/inf values even in float32" in str(outcomes[0])
+    assert isinstance(outcomes[1], list) and len(outcomes[1]) == 1

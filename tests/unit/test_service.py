@@ -147,8 +147,12 @@ def test_streamed_rows_get_progress_per_step_and_plain_rows_get_nothing_early(se
     assert all(1 not in chunk for chunk in sent)
     first = stream_lines(sent, 0)
     assert [(e["event"], e["step"]) for e in first] == [
-        ("progress", 1), ("progress", 2), ("preview", 2), ("progress", 3), ("progress", 4),
-    ]  # fmt: skip
+        ("progress", 1),
+        ("progress", 2),
+        ("preview", 2),
+        ("progress", 3),
+        ("progress", 4),
+    ]
     assert all(e["total_steps"] == 4 and e["elapsed_s"] >= 0 and e["eta_s"] >= 0 for e in first if "eta_s" in e)
     preview = next(e for e in first if e["event"] == "preview")
     assert Image.open(io.BytesIO(base64.b64decode(preview["images"][0]))).size == (32, 32)  # latent size
@@ -207,3 +211,23 @@ def test_time_budget_stops_one_request_with_504_and_not_its_batch_mates(service)
     assert error["type"] == "TimeBudgetExceeded" and error["field"] == "timeout_s"
     assert "ran out after step" in error["message"] and "of 50" in error["message"]
     assert replies[1].status == 200
+
+
+def test_out_of_memory_splits_the_group_and_only_a_request_failing_alone_gets_507(tiny_loaded, tiny_settings):
+    # 64x64 images: 32x32 latents, 2 UNet rows per image with guidance = 2048 latent pixels per image.
+    tight = SDXLService(tiny_loaded, tiny_settings.with_changes(memory_ceiling_latent_pixels=4096))
+    rows = [
+        row(prompt="a", seed=1),
+        row(prompt="b", seed=2),
+        row(prompt="c", seed=3, num_images_per_prompt=4),
+        row(prompt="d", seed=4),
+    ]
+    replies = tight.handle(rows)
+    assert [r.status for r in replies] == [200, 200, 507, 200]
+    error = replies[2].json()["error"]
+    assert error["type"] == "OutOfMemory" and "even alone" in error["message"]
+    assert "memory_ceiling_latent_pixels=4096" in error["message"]
+    # Nothing else was lost, and the survivors' images are the ones they get with memory to spare.
+    roomy = SDXLService(tiny_loaded, tiny_settings).handle([rows[0], rows[3]])
+    assert replies[0].json()["images"] == roomy[0].json()["images"]
+    assert replies[3].json()["images"] == roomy[1].json()["images"]
