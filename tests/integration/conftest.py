@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from scripts.build_archive import build_archive
-from scripts.torchserve_control import TorchServe, free_port, write_config
+from scripts.torchserve_control import REPO_ROOT, TorchServe, free_port, write_config
 
 
 def pytest_collection_modifyitems(items):
@@ -35,6 +35,9 @@ def start_server(workdir, model_store, **overrides) -> TorchServe:
             "inference_address": f"http://127.0.0.1:{free_port()}",
             "management_address": f"http://127.0.0.1:{free_port()}",
             "metrics_address": f"http://127.0.0.1:{free_port()}",
+            # TorchServe also opens gRPC ports (7070/7071 by default): parallel servers need their own.
+            "grpc_inference_port": str(free_port()),
+            "grpc_management_port": str(free_port()),
             **overrides,
         },
     )
@@ -51,5 +54,22 @@ def start_server(workdir, model_store, **overrides) -> TorchServe:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_store):
     server = start_server(tmp_path_factory.mktemp("torchserve"), model_store)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def fragile_server(tmp_path_factory):
+    """Its own TorchServe whose model has a 3 s responseTimeout, for crash and timeout tests."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("fragile")
+    model_yaml = yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text())
+    model_yaml["responseTimeout"] = 3
+    config = root / "model.yaml"
+    config.write_text(yaml.safe_dump(model_yaml))
+    build_archive("tiny", config=config, export_path=root / "model_store", build_dir=root / "build")
+    (root / "server").mkdir()
+    server = start_server(root / "server", root / "model_store")
     yield server
     server.stop()
