@@ -1,9 +1,10 @@
-"""preStop hook: stop taking traffic, wait until TorchServe's queues are empty, then stop it.
+"""preStop hook: stop taking traffic, let every queued and running request finish, then stop TorchServe.
 
-TorchServe has no drain command. Its management API reports each model's queued requests
-(jobQueueStatus.pendingRequests); a running batch ends within responseTimeout. The hook waits for the
-endpoints to drop the pod, then until every queue has been empty on ``--idle-checks`` polls in a row,
-bounded by ``--timeout`` (keep it below terminationGracePeriodSeconds), then runs ``torchserve --stop``.
+``torchserve --stop`` alone drops every request in flight (clients see a connection reset: tested). TorchServe
+has no drain command, and its worker status reads READY even mid-batch, so this waits differently: a
+``describe`` call (``GET /models/<name>?customized=true``) is a job in the model's own queue, answered only
+after every request queued before it has been answered. Once the Service has dropped the pod
+(``--endpoint-grace``), one describe per model, then an empty queue, means nothing is left in flight.
 Standard library only: it runs in the container next to TorchServe.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,40 +23,44 @@ def management_key(key_file: Path) -> str | None:
     return json.loads(key_file.read_text())["management"]["key"] if key_file.exists() else None
 
 
-def pending_requests(url: str, key: str | None) -> int:
+def get(url: str, key: str | None, timeout: float):
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-
-    def get(path: str):
-        with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), timeout=5) as response:
-            return json.load(response)
-
-    total = 0
-    for model in get("/models")["models"]:
-        for version in get(f"/models/{model['modelName']}"):
-            total += version.get("jobQueueStatus", {}).get("pendingRequests", 0)
-    return total
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+        return json.load(response)
 
 
-def main() -> None:
+def drain(management_url: str, key: str | None, deadline: float) -> bool:
+    """True once every model answered a describe with nothing queued behind it; False at the deadline."""
+    while time.monotonic() < deadline:
+        pending = 0
+        for model in get(f"{management_url}/models", key, 10)["models"]:
+            url = f"{management_url}/models/{model['modelName']}"
+            get(f"{url}?customized=true", key, max(1.0, deadline - time.monotonic()))  # waits behind the queue
+            pending += sum(v.get("jobQueueStatus", {}).get("pendingRequests", 0) for v in get(url, key, 10))
+        if pending == 0:
+            return True
+    return False
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--management-url", default="http://127.0.0.1:8081")
     parser.add_argument("--key-file", type=Path, default=Path.home() / "key_file.json")
     parser.add_argument("--endpoint-grace", type=float, default=15, help="s for the Service to drop the pod")
-    parser.add_argument("--timeout", type=float, default=320, help="s to wait for the queues at most")
-    parser.add_argument("--poll", type=float, default=5)
-    parser.add_argument("--idle-checks", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--timeout", type=float, default=320, help="s to wait at most (< terminationGracePeriod)")
+    args = parser.parse_args(argv)
 
     time.sleep(args.endpoint_grace)
-    deadline, idle = time.monotonic() + args.timeout, 0
-    while time.monotonic() < deadline and idle < args.idle_checks:
-        try:
-            idle = idle + 1 if pending_requests(args.management_url, management_key(args.key_file)) == 0 else 0
-        except OSError:
-            idle += 1  # TorchServe already gone or not answering: nothing left to wait for
-        time.sleep(args.poll)
-    subprocess.run(["torchserve", "--stop"], check=False)
+    try:
+        drained = drain(args.management_url, management_key(args.key_file), time.monotonic() + args.timeout)
+    except OSError as exc:  # TorchServe already gone or not answering: nothing left to wait for
+        print(f"drain: management API unavailable ({exc}); stopping")
+        drained = True
+    print("drain: all requests answered" if drained else "drain: timed out with requests still queued")
+    beside = Path(sys.executable).parent / "torchserve"  # the venv's, even when it is not activated
+    subprocess.run([str(beside) if beside.exists() else "torchserve", "--stop"], check=False)
+    return 0 if drained else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
