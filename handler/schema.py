@@ -168,7 +168,7 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             "number or null",
             "Time budget for this request in the handler; past it, 504.",
             "none" if defaults.timeout_s is None else str(defaults.timeout_s),
-            f"0..{limits.max_timeout_s}",
+            f"> 0, <= {limits.max_timeout_s}",
         ),
     )
 
