@@ -72,7 +72,6 @@ class Denoiser:
             raise ConfigError("guidance-distilled UNets (time_cond_proj_dim) are not supported")
         self.pipeline = pipeline
         self.device = device
-        self.dtype = pipeline.unet.dtype
         step_parameters = inspect.signature(pipeline.scheduler.step).parameters
         self._scheduler_takes_generator = "generator" in step_parameters
 
