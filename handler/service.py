@@ -176,8 +176,11 @@ class SDXLService:
                     lines.append(preview_event(state))
                 chunks[row] = b"".join(lines)
             if chunks:
-                emit(chunks)
                 batch.streaming.update(chunks)
+                try:
+                    emit(chunks)
+                except Exception:  # a lost progress chunk must not fail the images being made
+                    log.warning("could not send progress to %d streamed request(s)", len(chunks), exc_info=True)
 
         return on_step
 
