@@ -198,12 +198,12 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         return payload.get(name, getattr(defaults, name, None))
 
     # 2. Texts.
-    prompt = _text(payload, "prompt", get("prompt"), limits, optional=False)
+    prompt = _text("prompt", get("prompt"), limits, optional=False)
     if not prompt.strip():
         raise InvalidRequest("`prompt` must not be empty or blank", field="prompt", value=prompt)
-    negative_prompt = _text(payload, "negative_prompt", get("negative_prompt"), limits, optional=False)
-    prompt_2 = _text(payload, "prompt_2", get("prompt_2"), limits, optional=True)
-    negative_prompt_2 = _text(payload, "negative_prompt_2", get("negative_prompt_2"), limits, optional=True)
+    negative_prompt = _text("negative_prompt", get("negative_prompt"), limits, optional=False)
+    prompt_2 = _text("prompt_2", get("prompt_2"), limits, optional=True)
+    negative_prompt_2 = _text("negative_prompt_2", get("negative_prompt_2"), limits, optional=True)
 
     # 3. Numbers.
     steps = _integer("num_inference_steps", get("num_inference_steps"), 1, limits.max_inference_steps)
@@ -312,7 +312,7 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _text(payload: dict, name: str, value: Any, limits: Limits, optional: bool) -> str | None:
+def _text(name: str, value: Any, limits: Limits, optional: bool) -> str | None:
     if value is None and optional:
         return None
     if not isinstance(value, str):

@@ -6,6 +6,7 @@ The archive is built by scripts/build_archive.py from the tiny model, exactly as
 from __future__ import annotations
 
 import shutil
+import time
 
 import pytest
 
@@ -26,6 +27,19 @@ def model_store(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     build_archive("tiny", export_path=root / "model_store", build_dir=root / "build")
     return root / "model_store"
+
+
+def while_worker_is_busy(server, calls: list) -> list:
+    """Run ``calls`` (function, body) at once while a slow request holds the worker, so TorchServe queues
+    them up and hands them to the handler as one batch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls) + 1) as pool:
+        blocker = pool.submit(server.predict, {"prompt": "slow", "num_inference_steps": 40, "seed": 0})
+        time.sleep(0.5)
+        futures = [pool.submit(function, server, body) for function, body in calls]
+        assert blocker.result().status_code == 200
+        return [future.result() for future in futures]
 
 
 def start_server(workdir, model_store, **overrides) -> TorchServe:

@@ -6,13 +6,13 @@ import base64
 import io
 import json
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from PIL import Image
 
 from scripts.torchserve_control import MODEL_NAME
+from tests.integration.conftest import while_worker_is_busy
 
 
 def images_of(response) -> list[Image.Image]:
@@ -64,13 +64,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server):
 
 
 def _while_worker_is_busy(server, bodies: list) -> list[requests.Response]:
-    """Send ``bodies`` at once while a slow request occupies the worker, so they queue up as one batch."""
-    with ThreadPoolExecutor(len(bodies) + 1) as pool:
-        blocker = pool.submit(server.predict, {"prompt": "slow", "num_inference_steps": 40, "seed": 0})
-        time.sleep(0.5)
-        responses = list(pool.map(server.predict, bodies))
-        assert blocker.result().status_code == 200
-    return responses
+    return while_worker_is_busy(server, [(type(server).predict, body) for body in bodies])
 
 
 def test_a_bad_request_inside_a_batch_fails_alone(server):

@@ -7,13 +7,12 @@ import io
 import json
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import requests
 from PIL import Image
 
 from scripts.torchserve_control import MODEL_NAME
+from tests.integration.conftest import while_worker_is_busy
 
 
 def post(server, body: dict, headers: dict | None = None, stream: bool = False) -> requests.Response:
@@ -37,13 +36,7 @@ def plain(server, body: dict) -> tuple[requests.Response, dict]:
 
 
 def together(server, calls: list) -> list:
-    """Run ``calls`` (fn, body) at once while a slow request holds the worker, so TorchServe batches them."""
-    with ThreadPoolExecutor(len(calls) + 1) as pool:
-        blocker = pool.submit(post, server, {"prompt": "slow", "num_inference_steps": 40, "seed": 0})
-        time.sleep(0.5)
-        futures = [pool.submit(fn, server, body) for fn, body in calls]
-        assert blocker.result().status_code == 200
-        return [f.result() for f in futures]
+    return while_worker_is_busy(server, calls)
 
 
 def test_two_streamed_requests_in_one_batch_get_their_events_in_order(server):

@@ -7,7 +7,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import yaml
 
 from handler.metrics import METRICS
 from scripts.torchserve_control import read_properties
+from scripts.torchserve_control import tool as console_script
 from tests.conftest import REPO_ROOT
 
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
@@ -23,9 +23,8 @@ MONITORING = REPO_ROOT / "deploy" / "monitoring"
 
 
 def tool(name: str) -> str:
-    path = Path(sys.executable).parent / name
-    found = str(path) if path.exists() else shutil.which(name)
-    if found is None:
+    found = console_script(name)
+    if not Path(found).exists() and shutil.which(found) is None:
         pytest.fail(f"{name} is not installed (pip install -e '.[dev]')")
     return found
 
