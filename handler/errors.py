@@ -67,6 +67,9 @@ class Reply:
     content_type: str = "application/json"
     phrase: str = "OK"
     headers: dict[str, str] = field(default_factory=dict)
+    # Continuous batching only: TorchServe's stopping criterion for this row. None: an ordinary response;
+    # False: a chunk, more follow; True: the last chunk of a response whose first chunk went out earlier.
+    stop: bool | None = None
 
     def json(self) -> Any:
         return json.loads(self.body)

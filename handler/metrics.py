@@ -49,7 +49,7 @@ REQUESTS = MetricSpec(
     "counter",
     "Count",
     ("Outcome",),
-    "Requests handled, by outcome: ok, client_error, server_error",
+    "Requests handled, by outcome: ok, client_error, server_error, disconnected (continuous batching)",
 )
 REJECTED = MetricSpec(
     "sdxl_requests_rejected_total", "counter", "Count", ("Reason",), "Requests answered with an error, by error type"
@@ -90,27 +90,50 @@ def model_metrics_config() -> dict[str, list[dict[str, Any]]]:
 
 
 def batch_metrics(batch: Any, replies: list[Any], gpu_memory_bytes: int | None = None) -> list[Observation]:
-    """What one handler call adds to the metrics, from its Batch and its replies (in row order)."""
-    observations = [Observation(BATCH, batch.size, {})]
-    for row, reply in enumerate(replies):
+    """What one static handler call adds to the metrics, from its Batch and its replies (in row order)."""
+    finals = {row: (batch.requests.get(row), reply) for row, reply in enumerate(replies)}
+    return call_metrics(batch.size, finals, batch.timings, gpu_memory_bytes=gpu_memory_bytes)
+
+
+def call_metrics(
+    size: int,
+    finals: dict[int, tuple[Any, Any]],
+    timings: dict[int, dict[str, float]],
+    disconnected: int = 0,
+    gpu_memory_bytes: int | None = None,
+) -> list[Observation]:
+    """What one handler call adds to the metrics.
+
+    Args:
+        size (`int`): rows in the call.
+        finals (`dict[int, tuple]`): per row that ENDS in this call, (its request or None, its ordinary reply).
+        disconnected (`int`, defaults to 0): requests dropped because their client went away.
+        gpu_memory_bytes (`int`, defaults to None): None on the CPU.
+        timings (`dict`): per successful row, stage -> milliseconds (with "total").
+    """
+    observations = [Observation(BATCH, size, {})]
+    for row, (request, reply) in finals.items():
         error_type = _error_type(reply)
         if error_type is None:
-            request = batch.requests[row]
-            timings = batch.timings[row]
+            stage_ms = timings[row]
             observations.append(
-                Observation(LATENCY, timings["total"] / 1000 / DEKASECONDS, {"Steps": str(request.num_inference_steps)})
+                Observation(
+                    LATENCY, stage_ms["total"] / 1000 / DEKASECONDS, {"Steps": str(request.num_inference_steps)}
+                )
             )
             observations.append(Observation(IMAGES, request.num_images_per_prompt, {}))
             observations += [
-                Observation(STAGE, timings[key] / 1000 / DEKASECONDS, {"Stage": stage})
+                Observation(STAGE, stage_ms[key] / 1000 / DEKASECONDS, {"Stage": stage})
                 for key, stage in STAGES.items()
-                if key in timings
+                if key in stage_ms
             ]
             observations.append(Observation(REQUESTS, 1, {"Outcome": "ok"}))
         else:
             code = error_type[1]
             observations.append(Observation(REJECTED, 1, {"Reason": error_type[0]}))
             observations.append(Observation(REQUESTS, 1, {"Outcome": "client_error" if code < 500 else "server_error"}))
+    if disconnected:
+        observations.append(Observation(REQUESTS, disconnected, {"Outcome": "disconnected"}))
     if gpu_memory_bytes is not None:
         observations.append(Observation(GPU_MEMORY, gpu_memory_bytes, {}))
     return observations

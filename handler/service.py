@@ -28,6 +28,7 @@ from .encode import encode_image, json_body, preview_event, progress_event
 from .errors import Reply, ResponseTooLarge, error_reply
 from .generate import generate_group, generate_splitting
 from .loading import LoadedPipeline, load_pipeline
+from .metrics import Observation, batch_metrics
 from .schema import IMAGE_CONTENT_TYPES, MAX_SEED, GenerationRequest, negotiate, parse_request
 from .settings import HandlerSettings
 
@@ -83,21 +84,22 @@ class SDXLService:
 
     # -- the three stages -------------------------------------------------------------------------
 
-    def parse(self, rows: list[Any], accepts: list[str | None] | None = None) -> Batch:
-        """Decode and validate every row (with its ``Accept`` header); draw the seeds left out."""
+    def parse(self, rows: list[Any], accepts: list[str | None] | None = None, request_ids: Any = None) -> Batch:
+        """Decode and validate every row (with its ``Accept`` header); draw the seeds left out.
+        (``request_ids`` is unused: static batching keeps nothing between calls.)"""
         batch = Batch(started=time.perf_counter(), size=len(rows))
         accepts = accepts or [None] * len(rows)
         for row_index, (row, accept) in enumerate(zip(rows, accepts, strict=True)):
             try:
-                payload = negotiate(decode_row(row), accept)
-                request = parse_request(payload, self.settings.limits, self.settings.defaults)
+                batch.requests[row_index] = self.parse_row(row, accept)
             except Exception as exc:  # any failure here is this row's alone
                 batch.errors[row_index] = exc
-                continue
-            if request.seed is None:
-                request = replace(request, seed=self.seed_source())
-            batch.requests[row_index] = request
         return batch
+
+    def parse_row(self, row: Any, accept: str | None) -> GenerationRequest:
+        """One row (with its ``Accept`` header) -> a valid request with its seed drawn; raises InvalidRequest."""
+        request = parse_request(negotiate(decode_row(row), accept), self.settings.limits, self.settings.defaults)
+        return request if request.seed is not None else replace(request, seed=self.seed_source())
 
     def run(self, batch: Batch, emit: Emitter | None = None) -> Batch:
         """Denoise every group; an exception fails that group's rows only. Streams through ``emit``."""
@@ -134,7 +136,7 @@ class SDXLService:
             except Exception as exc:
                 reply = error_reply(exc)
             if row_index in batch.streaming:
-                reply = self._as_final_event(reply)
+                reply = self.as_final_event(reply)
             replies.append(reply)
         log.info(
             "batch of %d: %d group(s), %d failed, %.0f ms",
@@ -144,6 +146,9 @@ class SDXLService:
             (time.perf_counter() - batch.started) * 1000,
         )
         return replies
+
+    def metrics(self, batch: Batch, replies: list[Reply], gpu_memory_bytes: int | None) -> list[Observation]:
+        return batch_metrics(batch, replies, gpu_memory_bytes)
 
     def gpu_memory_bytes(self) -> int | None:
         """Memory held by PyTorch tensors on this pipeline's GPU; None on the CPU."""
@@ -185,16 +190,26 @@ class SDXLService:
         return on_step
 
     def _encode_all(self, batch: Batch) -> dict[int, list[bytes] | BaseException]:
-        """Encode every image of the batch at once; Pillow's encoders release the GIL, so threads run them in
-        parallel (a 1024px PNG takes ~0.1-0.3 s, comparable to a GPU step). A failure stays with its row."""
-        jobs = [(row, image) for row, images in batch.images.items() for image in images]
         started = time.perf_counter()
+        encoded = self.encode_images({row: (batch.requests[row], images) for row, images in batch.images.items()})
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        for row in batch.images:
+            batch.timings[row]["encode_image"] = elapsed_ms
+        return encoded
 
-        def encode(job: tuple[int, Any]) -> bytes | BaseException:
-            row, image = job
+    def encode_images(
+        self, images: dict[Any, tuple[GenerationRequest, list[Any]]]
+    ) -> dict[Any, list[bytes] | BaseException]:
+        """Encode the images of several requests (key -> (request, PIL images)) at once. Pillow's encoders
+        release the GIL, so threads run them in parallel (a 1024px PNG takes ~0.1-0.3 s, comparable to a GPU
+        step). A failure stays with its key."""
+        jobs = [(key, request, image) for key, (request, pictures) in images.items() for image in pictures]
+
+        def encode(job: tuple[Any, GenerationRequest, Any]) -> bytes | BaseException:
+            _, request, image = job
             try:
-                return encode_image(image, batch.requests[row].output_format, self.settings)
-            except Exception as exc:  # reported as this row's error
+                return encode_image(image, request.output_format, self.settings)
+            except Exception as exc:  # reported as this request's error
                 return exc
 
         if len(jobs) > 1:
@@ -202,34 +217,39 @@ class SDXLService:
                 results = list(pool.map(encode, jobs))
         else:
             results = [encode(job) for job in jobs]
-        encoded: dict[int, list[bytes] | BaseException] = {row: [] for row in batch.images}
-        for (row, _), result in zip(jobs, results, strict=True):
+        encoded: dict[Any, list[bytes] | BaseException] = {key: [] for key in images}
+        for (key, _, _), result in zip(jobs, results, strict=True):
             if isinstance(result, BaseException):
-                encoded[row] = result
-            elif isinstance(encoded[row], list):
-                encoded[row].append(result)
-        elapsed_ms = (time.perf_counter() - started) * 1000
-        for row in batch.images:
-            batch.timings[row]["encode_image"] = elapsed_ms
+                encoded[key] = result
+            elif isinstance(encoded[key], list):
+                encoded[key].append(result)
         return encoded
 
     def _success(self, batch: Batch, row_index: int, encoded: list[bytes] | BaseException) -> Reply:
         if isinstance(encoded, BaseException):
             raise encoded
-        request = batch.requests[row_index]
         timings = batch.timings[row_index]
         timings["total"] = (time.perf_counter() - batch.started) * 1000
+        batch_info = {
+            "scheduling": "static",
+            "requests": batch.size,
+            "rejected": sum(1 for row in batch.errors if row not in batch.requests),
+            "groups": batch.groups,
+            "group_requests": batch.group_of[row_index]["requests"],
+            "group_images": batch.group_of[row_index]["images"],
+        }
+        return self.success_reply(batch.requests[row_index], encoded, timings, batch_info)
+
+    def success_reply(
+        self, request: GenerationRequest, encoded: list[bytes], timings: dict[str, float], batch_info: dict[str, Any]
+    ) -> Reply:
+        """The reply carrying a request's encoded images: a JSON document, or one raw image with X- headers.
+        Raises ResponseTooLarge past ``max_response_bytes``."""
         document = {
             "seeds": image_seeds(request),
             "parameters": request.parameters(),
             "timings_ms": {name: round(ms, 1) for name, ms in timings.items()},
-            "batch": {
-                "requests": batch.size,
-                "rejected": sum(1 for row in batch.errors if row not in batch.requests),
-                "groups": batch.groups,
-                "group_requests": batch.group_of[row_index]["requests"],
-                "group_images": batch.group_of[row_index]["images"],
-            },
+            "batch": batch_info,
         }
         if request.response_format == "image":
             reply = Reply(
@@ -253,7 +273,7 @@ class SDXLService:
         return reply
 
     @staticmethod
-    def _as_final_event(reply: Reply) -> Reply:
+    def as_final_event(reply: Reply) -> Reply:
         """A streamed row already answered 200: its outcome travels as the stream's last JSON line."""
         if reply.status >= 400:
             event = {"event": "error", **json.loads(reply.body)["error"]}

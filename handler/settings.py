@@ -50,6 +50,12 @@ class HandlerSettings:
         encode_threads (`int`, defaults to 8): threads encoding a batch's images in parallel.
         compile_mode (`str`, defaults to None): ``torch.compile`` the UNet with this mode ("default",
             "max-autotune", ...); None is eager. Each new batch shape compiles once: list them in ``warmup``.
+        steps_per_call (`int`, defaults to 1): continuous batching only: denoising steps every in-flight
+            request advances per handler call. More steps per call cost less per-call overhead but make
+            joiners wait longer for the next step boundary and send progress less often.
+        continuous (`bool`, defaults to False): step-level continuous batching (:mod:`handler.continuous`).
+            Not a ``handler:`` key: it is TorchServe's own top-level ``continuousBatching`` key, so the
+            frontend and the handler cannot disagree about the mode.
         memory_ceiling_latent_pixels (`int`, defaults to None): fault injection: a UNet forward over more
             latent pixels (rows x h x w) than this fails as out of memory, to exercise the split-and-retry
             path on a CPU. Leave None in production.
@@ -69,6 +75,8 @@ class HandlerSettings:
     webp_quality: int = 90
     encode_threads: int = 8
     compile_mode: str | None = None
+    steps_per_call: int = 1
+    continuous: bool = False
     memory_ceiling_latent_pixels: int | None = None
     warmup: tuple[WarmupShape, ...] | None = None
     defaults: Defaults = field(default_factory=Defaults)
@@ -85,7 +93,12 @@ class HandlerSettings:
             if not isinstance(warmup, list):
                 raise ConfigError(f"handler.warmup must be a list of shapes but is {warmup!r}")
             warmup = tuple(_build(WarmupShape, shape, "handler.warmup[]") for shape in warmup)
-        settings = _build(cls, section, "handler", limits=limits, defaults=defaults, warmup=warmup)
+        continuous = (model_yaml or {}).get("continuousBatching", False)
+        if not isinstance(continuous, bool):
+            raise ConfigError(f"continuousBatching must be true or false but is {continuous!r}")
+        settings = _build(
+            cls, section, "handler", limits=limits, defaults=defaults, warmup=warmup, continuous=continuous
+        )
         settings.check()
         return settings
 
@@ -102,6 +115,8 @@ class HandlerSettings:
             raise ConfigError(f"handler.compile_mode must be one of {COMPILE_MODES} but is {self.compile_mode!r}")
         if self.encode_threads < 1:
             raise ConfigError(f"handler.encode_threads must be >= 1 but is {self.encode_threads}")
+        if self.steps_per_call < 1:
+            raise ConfigError(f"handler.steps_per_call must be >= 1 but is {self.steps_per_call}")
         if self.max_images_per_call < self.limits.max_images_per_prompt:
             raise ConfigError("handler.max_images_per_call must be >= handler.limits.max_images_per_prompt")
         check_defaults(self.limits, self.defaults)

@@ -1,9 +1,11 @@
 """TorchServe adapter: the only module that imports ``ts``.
 
-It wires BaseHandler's stages to :class:`handler.service.SDXLService`, reports each row's own status and
-headers through the context (so one bad request never fails its batch-mates), and sends stream chunks with
-TorchServe's intermediate responses. Archived as the model's ``--handler``; TorchServe requires exactly one
-class defined here.
+It wires BaseHandler's stages to the serving core: :class:`handler.service.SDXLService` (static batching) or,
+when the model yaml sets ``continuousBatching: true``, :class:`handler.continuous.ContinuousScheduler`. It
+reports each row's own status and headers through the context (so one bad request never fails its
+batch-mates), sends static mode's stream chunks with TorchServe's intermediate responses, and gives
+continuous mode's per-row stop flags to TorchServe as ``context.stopping_criteria``. Archived as the model's
+``--handler``; TorchServe requires exactly one class defined here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
+from handler.continuous import ContinuousScheduler
 from handler.errors import Reply
-from handler.metrics import batch_metrics
-from handler.service import NDJSON, Batch, SDXLService
+from handler.service import NDJSON, SDXLService
 
 log = logging.getLogger(__name__)
 
@@ -28,34 +30,39 @@ class StableDiffusionXLHandler(BaseHandler):
 
     def __init__(self):
         super().__init__()
-        self.service: SDXLService | None = None
+        self.core: SDXLService | ContinuousScheduler | None = None
 
     def initialize(self, context: Any) -> None:
         """Load the pipeline and warm it up; TorchServe reports READY only after this returns."""
         properties = context.system_properties
-        self.service = SDXLService.from_model_dir(
+        service = SDXLService.from_model_dir(
             properties["model_dir"], getattr(context, "model_yaml_config", None), gpu_id=properties.get("gpu_id")
         )
-        self.service.warmup()
+        service.warmup()
+        self.core = ContinuousScheduler(service) if service.settings.continuous else service
         self.initialized = True
 
-    def preprocess(self, data: list[Any]) -> Batch:
-        return self.service.parse(data, [self._request_header(i, "accept") for i in range(len(data))])
+    def preprocess(self, data: list[Any]) -> Any:
+        accepts = [self._request_header(i, "accept") for i in range(len(data))]
+        return self.core.parse(data, accepts, [self.context.request_ids[i] for i in range(len(data))])
 
-    def inference(self, data: Batch, *args: Any, **kwargs: Any) -> Batch:
-        return self.service.run(data, emit=self._send_chunks)
+    def inference(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.core.run(data, emit=self._send_chunks)
 
-    def postprocess(self, data: Batch) -> list[bytes]:
-        replies = self.service.render(data)
+    def postprocess(self, data: Any) -> list[bytes]:
+        replies = self.core.render(data)
         for index, reply in enumerate(replies):
             self._report(index, reply)
+        if isinstance(self.core, ContinuousScheduler):  # set on EVERY call: one flag per row of this call
+            self.context.stopping_criteria = [lambda _output, stop=reply.stop: stop for reply in replies]
         self._record_metrics(data, replies)
         return [reply.body for reply in replies]
 
-    def _record_metrics(self, batch: Batch, replies: list[Reply]) -> None:
-        """Forward the batch's metrics (declared in config/metrics.yaml) to TorchServe; never fail a batch."""
+    def _record_metrics(self, batch: Any, replies: list[Reply]) -> None:
+        """Forward the call's metrics (declared in config/metrics.yaml) to TorchServe; never fail a batch."""
         try:
-            for observation in batch_metrics(batch, replies, self.service.gpu_memory_bytes()):
+            service = self.core.service if isinstance(self.core, ContinuousScheduler) else self.core
+            for observation in self.core.metrics(batch, replies, service.gpu_memory_bytes()):
                 spec = observation.spec
                 dimensions = [Dimension(name, value) for name, value in observation.labels.items()]
                 self.context.metrics.add_metric(

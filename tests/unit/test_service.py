@@ -35,6 +35,7 @@ def test_a_bad_row_fails_alone_and_replies_keep_row_order(service):
     assert replies[0].json()["parameters"]["prompt"] == "one"
     assert replies[3].json()["parameters"]["prompt"] == "four"
     assert replies[3].json()["batch"] == {
+        "scheduling": "static",
         "requests": 4,
         "rejected": 2,
         "groups": 2,

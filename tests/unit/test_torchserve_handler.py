@@ -21,7 +21,7 @@ class RecordingMetrics:
         self.times.append(name)
 
 
-def make_context(model_dir, rows: int):
+def make_context(model_dir, rows: int, model_yaml=None, request_ids=None):
     context = ts_context.Context(
         model_name="stable-diffusion-xl",
         model_dir=str(model_dir),
@@ -30,9 +30,10 @@ def make_context(model_dir, rows: int):
         gpu=None,
         mms_version="0.12.0",
         metrics=RecordingMetrics(),
-        model_yaml_config=tiny_yaml(),
+        model_yaml_config=model_yaml or tiny_yaml(),
     )
     context.request_processor = [ts_context.RequestProcessor({}) for _ in range(rows)]
+    context.request_ids = dict(enumerate(request_ids or [f"id-{n}" for n in range(rows)]))
     return context
 
 
@@ -45,7 +46,7 @@ def handler(tiny_model_dir):
 
 def test_initialize_loads_and_warms_up(handler):
     assert handler.initialized
-    assert handler.service.loaded.attention == "sdpa"
+    assert handler.core.loaded.attention == "sdpa"
 
 
 def test_handle_sets_each_rows_own_status_and_content_type(handler, tiny_model_dir):
@@ -65,3 +66,18 @@ def test_handle_sets_each_rows_own_status_and_content_type(handler, tiny_model_d
     assert json.loads(bodies[0])["seeds"] == [3]
     assert json.loads(bodies[2])["batch"]["requests"] == 3
     assert "HandlerTime" in context.metrics.times
+
+
+def test_continuous_mode_sets_a_stop_flag_for_every_row_on_every_call(tiny_model_dir):
+    model_yaml = {**tiny_yaml(), "continuousBatching": True}
+    handler = StableDiffusionXLHandler()
+    handler.initialize(make_context(tiny_model_dir, 1, model_yaml))
+    first = make_context(tiny_model_dir, 2, model_yaml, ["a", "b"])
+    handler.handle([{"body": b'{"prompt": "x", "num_inference_steps": 2}'}, {"body": b'{"prompt": 1}'}], first)
+    assert [stop(None) for stop in first.stopping_criteria] == [False, None]
+    assert first.get_response_status(1)[0] == 400
+
+    second = make_context(tiny_model_dir, 1, model_yaml, ["a"])  # in flight: TorchServe re-sends an empty row
+    bodies = handler.handle([{}], second)
+    assert [stop(None) for stop in second.stopping_criteria] == [True]
+    assert json.loads(bodies[0])["batch"]["left_call"] == 2

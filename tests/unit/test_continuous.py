@@ -1,0 +1,292 @@
+"""Step-level continuous batching on the tiny pipeline, driven the way TorchServe 0.12's frontend drives it.
+
+:class:`Frontend` follows ContinuousBatching.java: every in-flight request is re-sent on each call with an
+empty row, new ones join up to ``batch_size``, and a row's ``stop`` flag decides its fate (None: an ordinary
+response, the request is done; False: a chunk, it stays; True: the last chunk). The real frontend is
+exercised in tests/integration/test_continuous.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handler.continuous import DEFERRED_STATUS_HEADER, ContinuousScheduler
+from handler.service import SDXLService
+
+
+def row(**body):
+    return {"body": json.dumps(body).encode()}
+
+
+@dataclass
+class Response:
+    """What one client receives: the first reply's status and headers, then every body chunk."""
+
+    status: int | None = None
+    content_type: str | None = None
+    headers: dict = field(default_factory=dict)
+    chunks: list = field(default_factory=list)
+    calls: list = field(default_factory=list)  # call numbers it took part in
+    done: bool = False
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.chunks)
+
+    def json(self):
+        return json.loads(self.body)
+
+    def events(self):
+        return [json.loads(line) for line in self.body.splitlines()]
+
+
+class Frontend:
+    def __init__(self, scheduler: ContinuousScheduler, batch_size: int = 4):
+        self.scheduler = scheduler
+        self.batch_size = batch_size
+        self.ids = (f"req-{n}" for n in itertools.count())
+        self.queue: list[tuple[str, dict, str | None]] = []
+        self.in_flight: list[str] = []
+        self.responses: dict[str, Response] = {}
+
+    def submit(self, body: dict | bytes, accept: str | None = None) -> Response:
+        request_id = next(self.ids)
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.queue.append((request_id, {"body": raw}, accept))
+        self.responses[request_id] = Response()
+        return self.responses[request_id]
+
+    def disconnect(self, response: Response) -> None:
+        request_id = next(i for i, r in self.responses.items() if r is response)
+        self.in_flight.remove(request_id)
+
+    def call(self) -> None:
+        joining = self.queue[: self.batch_size - len(self.in_flight)]
+        del self.queue[: len(joining)]
+        ids = self.in_flight + [request_id for request_id, _, _ in joining]
+        rows = [{} for _ in self.in_flight] + [r for _, r, _ in joining]
+        accepts = [None for _ in self.in_flight] + [a for _, _, a in joining]
+        call = self.scheduler.parse(rows, accepts, ids)
+        replies = self.scheduler.render(self.scheduler.run(call))
+        assert len(replies) == len(ids)
+        for request_id, reply in zip(ids, replies, strict=True):
+            response = self.responses[request_id]
+            first = response.status is None
+            assert not (first and reply.stop is True), "a first reply with stop=True reaches the client as nothing"
+            assert first or reply.stop is not None, "a plain reply after a chunk corrupts the connection"
+            if first:
+                response.status, response.content_type, response.headers = (
+                    reply.status,
+                    reply.content_type,
+                    reply.headers,
+                )
+            response.chunks.append(reply.body)
+            response.calls.append(call.number)
+            response.done = reply.stop is not False
+        self.in_flight = [request_id for request_id in ids if not self.responses[request_id].done]
+
+    def run_until_idle(self, max_calls: int = 200) -> None:
+        for _ in range(max_calls):
+            if not self.queue and not self.in_flight:
+                return
+            self.call()
+        raise AssertionError("requests still in flight")
+
+
+def pixels(body: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][0]))), dtype=np.int16)
+
+
+@pytest.fixture
+def continuous_service(tiny_loaded, tiny_settings):
+    counter = itertools.count(1000)
+    settings = tiny_settings.with_changes(continuous=True, steps_per_call=1)
+    return SDXLService(tiny_loaded, settings, seed_source=lambda: next(counter))
+
+
+@pytest.fixture
+def frontend(continuous_service):
+    return Frontend(ContinuousScheduler(continuous_service))
+
+
+def test_a_request_joins_a_running_loop_and_a_short_one_leaves_before_a_long_one(frontend):
+    long = frontend.submit({"prompt": "long", "seed": 1, "num_inference_steps": 6})
+    frontend.call()
+    frontend.call()
+    short = frontend.submit({"prompt": "short", "seed": 2, "num_inference_steps": 2})
+    frontend.run_until_idle()
+
+    assert long.status == short.status == 200
+    long_batch, short_batch = long.json()["batch"], short.json()["batch"]
+    assert long_batch == {
+        "scheduling": "continuous",
+        "joined_call": 1,
+        "left_call": 6,
+        "in_flight_at_join": 0,
+        "shared_steps": 2,
+        "steps_per_call": 1,
+    }
+    # The short request joined at call 3, while the long one was at its step 3, and left after 2 calls.
+    assert short_batch["joined_call"] == 3 and short_batch["in_flight_at_join"] == 1
+    assert short_batch["left_call"] == 4 and short_batch["shared_steps"] == 2
+    assert frontend.scheduler.flights == {}
+
+
+def test_the_image_equals_static_batchings_for_the_same_request(frontend, service):
+    body = {"prompt": "a red fox", "seed": 42, "num_inference_steps": 5, "guidance_scale": 6.0}
+    static = service.handle([row(**body)])[0].json()
+    frontend.submit({"prompt": "other", "seed": 7, "num_inference_steps": 9, "guidance_scale": 3.0})
+    frontend.call()
+    joined = frontend.submit(body)
+    frontend.submit({"prompt": "no guidance", "seed": 8, "num_inference_steps": 3, "guidance_scale": 1.0})
+    frontend.run_until_idle()
+
+    assert joined.json()["batch"]["shared_steps"] == 5
+    difference = np.abs(pixels(joined.json()) - pixels(static))
+    assert difference.max() <= 1, f"max per-pixel difference {difference.max()}/255"
+    assert joined.json()["seeds"] == static["seeds"] == [42]
+
+
+def test_a_plain_request_gets_one_json_document_and_its_status_with_its_first_chunk(frontend):
+    response = frontend.submit({"prompt": "plain", "num_inference_steps": 3})
+    frontend.run_until_idle()
+
+    assert response.calls == [1, 2, 3]
+    assert response.chunks[:2] == [b"", b""], "nothing but the final body for a request that did not ask to stream"
+    assert response.status == 200 and response.content_type == "application/json"
+    assert response.headers[DEFERRED_STATUS_HEADER] == "true"
+    assert response.json()["parameters"]["num_inference_steps"] == 3
+
+
+def test_a_request_done_in_its_first_call_gets_an_ordinary_response(continuous_service):
+    frontend = Frontend(
+        ContinuousScheduler(
+            continuous_service.__class__(
+                continuous_service.loaded, continuous_service.settings.with_changes(steps_per_call=4)
+            )
+        )
+    )
+    response = frontend.submit({"prompt": "quick", "num_inference_steps": 4}, accept="image/png")
+    frontend.run_until_idle()
+
+    assert response.calls == [1]
+    assert response.status == 200 and response.content_type == "image/png"
+    assert DEFERRED_STATUS_HEADER not in response.headers
+    assert json.loads(response.headers["X-Batch"])["left_call"] == 1
+    assert Image.open(io.BytesIO(response.body)).size == (64, 64)
+
+
+def test_a_raw_image_request_gets_its_headers_with_the_first_chunk_and_the_image_at_the_end(frontend):
+    response = frontend.submit({"prompt": "raw", "seed": 9, "num_inference_steps": 3, "output_format": "webp"},
+                               accept="image/webp")  # fmt: skip
+    frontend.run_until_idle()
+
+    assert response.content_type == "image/webp" and response.headers["X-Seed"] == "9"
+    assert json.loads(response.headers["X-Parameters"])["output_format"] == "webp"
+    assert Image.open(io.BytesIO(response.body)).format == "WEBP"
+
+
+def test_a_streamed_request_gets_a_progress_event_per_call_then_its_result(frontend):
+    response = frontend.submit({"prompt": "s", "num_inference_steps": 3, "stream": True, "preview_every": 2})
+    frontend.run_until_idle()
+
+    events = response.events()
+    assert response.content_type == "application/x-ndjson"
+    assert [(e["event"], e.get("step")) for e in events] == [
+        ("progress", 1),
+        ("progress", 2),
+        ("preview", 2),
+        ("progress", 3),
+        ("result", None),
+    ]
+    assert [len(chunk.splitlines()) for chunk in response.chunks] == [1, 2, 2]
+    assert events[-1]["batch"]["scheduling"] == "continuous"
+
+
+def test_a_bad_request_among_in_flight_ones_gets_its_own_400_and_the_others_go_on(frontend):
+    good = frontend.submit({"prompt": "good", "num_inference_steps": 3})
+    frontend.call()
+    bad = frontend.submit({"prompt": "bad", "width": 1001})
+    empty = frontend.submit(b"")
+    frontend.run_until_idle()
+
+    assert bad.status == empty.status == 400 and bad.calls == empty.calls == [2]
+    assert "`width` must be between 32 and 512 but is 1001" in bad.json()["error"]["message"]
+    assert good.status == 200 and "images" in good.json()
+
+
+def test_a_failure_after_the_first_chunk_arrives_as_the_error_document_in_the_body(frontend):
+    response = frontend.submit({"prompt": "slow", "num_inference_steps": 50, "timeout_s": 0.3})
+    other = frontend.submit({"prompt": "other", "num_inference_steps": 12})
+    frontend.run_until_idle()
+
+    assert response.status == 200 and response.headers[DEFERRED_STATUS_HEADER] == "true"
+    error = response.json()["error"]
+    assert error["code"] == 504 and error["field"] == "timeout_s"
+    assert "continuous batching" in error["note"]
+    assert "images" in other.json()
+
+
+def test_streamed_failure_ends_with_an_error_event(frontend):
+    response = frontend.submit({"prompt": "slow", "num_inference_steps": 50, "timeout_s": 0.2, "stream": True})
+    frontend.run_until_idle()
+    last = response.events()[-1]
+    assert last["event"] == "error" and last["code"] == 504
+
+
+def test_out_of_memory_splits_the_step_and_fails_only_the_request_too_big_alone(tiny_loaded, tiny_settings):
+    # 64x64 -> 32x32 tiny latents; guidance doubles the rows: one 1-image request = 2048 latent pixels.
+    settings = tiny_settings.with_changes(continuous=True, memory_ceiling_latent_pixels=2048)
+    frontend = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings)))
+    small = [frontend.submit({"prompt": f"s{i}", "seed": i, "num_inference_steps": 3}) for i in range(2)]
+    big = frontend.submit({"prompt": "big", "num_inference_steps": 3, "num_images_per_prompt": 2})
+    frontend.run_until_idle()
+
+    assert [r.status for r in small] == [200, 200] and all("images" in r.json() for r in small)
+    assert big.json()["error"]["code"] == 507
+
+
+def test_a_client_that_leaves_is_forgotten_at_the_next_call(frontend):
+    gone = frontend.submit({"prompt": "gone", "num_inference_steps": 20})
+    stays = frontend.submit({"prompt": "stays", "num_inference_steps": 4})
+    frontend.call()
+    frontend.disconnect(gone)
+    frontend.call()
+    assert list(frontend.scheduler.flights) == ["req-1"]
+    frontend.run_until_idle()
+    later = frontend.submit({"prompt": "later", "num_inference_steps": 2})
+    frontend.run_until_idle()
+
+    assert gone.calls == [1] and stays.status == 200
+    assert later.json()["batch"]["in_flight_at_join"] == 0
+    assert frontend.scheduler.flights == {}
+
+
+def test_nothing_is_held_after_a_long_run_of_mixed_requests(frontend):
+    for n in range(24):
+        frontend.submit({"prompt": f"p{n}", "seed": n, "num_inference_steps": [2, 3, 5][n % 3],
+                         "width": [64, 96][n % 2], "stream": n % 4 == 0})  # fmt: skip
+        frontend.call()
+    frontend.run_until_idle()
+
+    assert all(r.done for r in frontend.responses.values())
+    assert frontend.scheduler.flights == {}
+
+
+def test_metrics_count_each_request_once_when_it_ends(frontend):
+    scheduler = frontend.scheduler
+    observed = []
+    for rows, ids in (([row(prompt="a", num_inference_steps=2)], ["x"]), ([{}], ["x"])):
+        call = scheduler.run(scheduler.parse(rows, [None], ids))
+        replies = scheduler.render(call)
+        observed.append({o.spec.name: o.labels for o in scheduler.metrics(call, replies, None)})
+    assert "sdxl_requests_total" not in observed[0]
+    assert observed[1]["sdxl_requests_total"] == {"Outcome": "ok"}
