@@ -119,6 +119,8 @@ class SDXLClient:
                     raise
             else:
                 if response.status_code == 200:
+                    if not stream and response.headers.get("X-Deferred-Status") == "true":
+                        self._raise_deferred_error(response)
                     return response
                 if response.status_code not in RETRY_STATUSES or attempt == self.retries:
                     try:
@@ -130,3 +132,11 @@ class SDXLClient:
             time.sleep(wait)
             wait *= 2
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_deferred_error(response: requests.Response) -> None:
+        """Continuous batching sends 200 when a request joins; a later failure is the error document in the
+        body (even where an image was asked for)."""
+        if response.content.startswith(b'{"error"'):
+            payload = response.json()
+            raise APIError.from_payload(int(payload["error"].get("code", 500)), payload, response.text)

@@ -72,18 +72,29 @@ def server(tmp_path_factory, model_store):
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def fragile_server(tmp_path_factory):
-    """Its own TorchServe whose model has a 3 s responseTimeout, for crash and timeout tests."""
+def server_with_model_yaml(root, **changes) -> TorchServe:
+    """Its own TorchServe whose model yaml is config/tiny-sdxl.yaml with ``changes`` (top-level keys)."""
     import yaml
 
-    root = tmp_path_factory.mktemp("fragile")
-    model_yaml = yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text())
-    model_yaml["responseTimeout"] = 3
+    model_yaml = {**yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text()), **changes}
     config = root / "model.yaml"
     config.write_text(yaml.safe_dump(model_yaml))
     build_archive("tiny", config=config, export_path=root / "model_store", build_dir=root / "build")
     (root / "server").mkdir()
-    server = start_server(root / "server", root / "model_store")
+    return start_server(root / "server", root / "model_store")
+
+
+@pytest.fixture(scope="module")
+def fragile_server(tmp_path_factory):
+    """Its own TorchServe whose model has a 3 s responseTimeout, for crash and timeout tests."""
+    server = server_with_model_yaml(tmp_path_factory.mktemp("fragile"), responseTimeout=3)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def continuous_server(tmp_path_factory):
+    """Its own TorchServe in step-level continuous batching mode (up to 8 requests in flight, 1 step a call)."""
+    server = server_with_model_yaml(tmp_path_factory.mktemp("continuous"), continuousBatching=True, batchSize=8)
     yield server
     server.stop()
