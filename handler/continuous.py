@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent import futures
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from .errors import OutOfMemory, Reply, TimeBudgetExceeded, error_reply, is_out_
 from .metrics import Observation, call_metrics
 from .schema import IMAGE_CONTENT_TYPES, GenerationRequest
 from .service import NDJSON, SDXLService
+from .side_work import SideWorker
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +48,24 @@ DEFERRED_NOTE = (
 
 @dataclass(eq=False)
 class Flight:
-    """One request in the running loop, from the call it joins until the call it leaves."""
+    """One request in the running loop, from the call it joins until the call it leaves.
+
+    Its life: denoising (stepped with the others) -> finishing (decode + encode, on the side worker) -> done
+    (``outcome`` set; it leaves at the next render).
+    """
 
     request_id: str
     state: RequestState
     joined_call: int
     in_flight_at_join: int  # requests already in the loop when it joined
     arrived: float  # time.perf_counter() at its first handler call
+    pending: Future | None = None  # its finish job on the side worker
     committed: bool = False  # a chunk went out: HTTP 200 and the headers are sent
-    denoise_started: float | None = None
     shared_steps: int = 0  # steps whose UNet forward it shared with other requests
-    outcome: list[Any] | BaseException | None = None  # its PIL images, or why it has none; set when done
+    denoise_started: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    done: bool = False
+    outcome: list[bytes] | BaseException | None = None  # its encoded images, or why it has none
 
     @property
     def request(self) -> GenerationRequest:
@@ -65,6 +75,10 @@ class Flight:
     def deadline(self) -> float | None:
         timeout = self.request.timeout_s
         return None if timeout is None else self.arrived + timeout
+
+    @property
+    def denoising(self) -> bool:
+        return self.pending is None and not self.done and not self.state.finished
 
 
 @dataclass
@@ -94,19 +108,25 @@ class ContinuousScheduler:
         self.service = service
         self.settings = service.settings
         self.denoiser = service.denoiser
-        self.flights: dict[str, Flight] = {}  # request id -> its state, for every request in the loop
+        self.side = SideWorker(service.loaded.device, overlap=self.settings.overlap_side_work)
+        self.flights: dict[str, Flight] = {}  # request id -> its flight, for every request in the loop
         self.calls = 0
 
     # -- the three stages -------------------------------------------------------------------------
 
     def parse(self, rows: list[Any], accepts: list[str | None], request_ids: list[str]) -> Call:
-        """Forget requests whose client left; admit new rows (validated, prompts encoded, noise drawn)."""
+        """Forget requests whose client left; admit new rows (validated, prompts encoded, noise drawn).
+
+        Joiners start here, in the call: prompt encoding is short next to a step (~10 ms on a GPU), and a
+        joiner cannot take its first step without it."""
         self.calls += 1
         call = Call(number=self.calls, started=time.perf_counter(), size=len(rows))
 
         # 1. TorchServe stops re-sending a request whose connection closed: free what it held.
         for request_id in set(self.flights) - set(request_ids):
-            del self.flights[request_id]
+            gone = self.flights.pop(request_id)
+            if gone.pending is not None:
+                gone.pending.cancel()
             call.disconnected += 1
             log.info("request %s left the loop: its client disconnected", request_id)
 
@@ -116,44 +136,48 @@ class ContinuousScheduler:
             flight = self.flights.get(request_id)
             if flight is None:
                 try:
-                    request = self.service.parse_row(row_data, accept)
-                    state = self.denoiser.start(request)
+                    state = self.denoiser.start(self.service.parse_row(row_data, accept))
                 except Exception as exc:  # this row's alone
                     call.rejected[row] = exc
                     continue
                 flight = Flight(request_id, state, call.number, in_flight, arrived=call.started)
+                flight.timings_ms["encode_prompt"] = state.timings_ms["encode_prompt"]
                 self.flights[request_id] = flight
             call.flights[row] = flight
         return call
 
     def run(self, call: Call, emit: Any = None) -> Call:
-        """Advance every request in flight by ``steps_per_call`` steps; decode those that finish.
+        """Advance every request in flight by ``steps_per_call`` steps; hand finishers to the side worker.
 
         ``emit`` is unused: progress travels as each call's own chunk."""
+        flights = call.flights
         for _ in range(self.settings.steps_per_call):
-            active = {row: f for row, f in call.flights.items() if f.outcome is None}
+            active = {row: f for row, f in flights.items() if f.denoising}
             if not active:
                 break
             self._step(call, active)
             call.steps += 1
-        self._decode(call)
+            finished = [f for f in active.values() if not f.done and f.state.finished]
+            for group in group_requests({id(f): f.request for f in finished}, self.settings.max_images_per_call):
+                group_flights = [f for f in finished if id(f) in group.rows]
+                job = self.side.submit(lambda group_flights=group_flights: self._finish(group_flights))
+                for flight in group_flights:
+                    flight.pending = job
+        # With nobody left to stall, wait for the side work instead of sending an empty chunk.
+        while any(f.pending is not None for f in flights.values()) and not any(f.denoising for f in flights.values()):
+            self._collect(flights, wait=True)
+        self._collect(flights, wait=False)
         return call
 
     def render(self, call: Call) -> list[Reply]:
         """One Reply per row, in row order, each with its ``stop`` for TorchServe."""
-        leaving = {row: f for row, f in call.flights.items() if f.outcome is not None}
-        encode_started = time.perf_counter()
-        encoded = self.service.encode_images(
-            {row: (f.request, f.outcome) for row, f in leaving.items() if not isinstance(f.outcome, BaseException)}
-        )
-        encode_ms = (time.perf_counter() - encode_started) * 1000
         replies = []
         for row in range(call.size):
             if row in call.rejected:
                 call.finals[row] = error_reply(call.rejected[row])
                 replies.append(call.finals[row])  # stop=None: an ordinary response
-            elif row in leaving:
-                replies.append(self._leave(call, row, encoded.get(row), encode_ms))
+            elif call.flights[row].done:
+                replies.append(self._leave(call, row))
             else:
                 replies.append(self._chunk(call, row))
         log.info(
@@ -161,7 +185,7 @@ class ContinuousScheduler:
             call.number,
             call.size,
             sum(f.joined_call == call.number for f in call.flights.values()),
-            len(leaving),
+            len(call.finals) - len(call.rejected),
             len(call.rejected),
             len(self.flights),
             call.steps,
@@ -175,7 +199,54 @@ class ContinuousScheduler:
         }
         return call_metrics(call.size, finals, call.timings, call.disconnected, gpu_memory_bytes)
 
-    # -- helpers ----------------------------------------------------------------------------------
+    # -- side work: finishers ----------------------------------------------------------------------
+
+    def _finish(self, flights: list[Flight]) -> dict[int, tuple[list[bytes] | BaseException, dict[str, float]]]:
+        """Decode (one VAE call for the group; alone if that fails) and encode the images of ``flights``:
+        per ``id(flight)``, its encoded images (or why there are none) and the stage timings."""
+        started = time.perf_counter()
+        states = [f.state for f in flights]
+        self.side.share(*(s.latents for s in states))
+        try:
+            decoded = self.denoiser.decode(states)
+        except Exception:  # decode them one by one: a failure stays with its request
+            log.warning("decoding %d request(s) together failed; decoding alone", len(flights), exc_info=True)
+            self.denoiser.free_memory()
+            decoded = [self._decode_alone(state) for state in states]
+        decoded_at = time.perf_counter()
+        encoded = self.service.encode_images(
+            {i: (f.request, d) for i, (f, d) in enumerate(zip(flights, decoded, strict=True)) if isinstance(d, list)}
+        )
+        timings = {
+            "vae_decode": (decoded_at - started) * 1000,
+            "encode_image": (time.perf_counter() - decoded_at) * 1000,
+        }
+        return {id(f): (encoded.get(i, d), timings) for i, (f, d) in enumerate(zip(flights, decoded, strict=True))}
+
+    def _decode_alone(self, state: RequestState) -> list[Any] | BaseException:
+        try:
+            return self.denoiser.decode([state])[0]
+        except Exception as exc:
+            return exc
+
+    def _collect(self, flights: dict[int, Flight], wait: bool) -> None:
+        """Take in the side jobs that are done (with ``wait``: at least one, if any is pending)."""
+        pending = {f.pending for f in flights.values() if f.pending is not None}
+        if wait and pending:
+            futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+        for flight in flights.values():
+            job = flight.pending
+            if job is None or not job.done():
+                continue
+            flight.pending = None
+            flight.done = True
+            try:
+                flight.outcome, timings = job.result()[id(flight)]
+                flight.timings_ms.update(timings)
+            except Exception as exc:  # this request's error
+                flight.outcome = exc
+
+    # -- the shared step --------------------------------------------------------------------------
 
     def _step(self, call: Call, active: dict[int, Flight]) -> None:
         """One step for every active request: one UNet forward per size group; failures stay per request."""
@@ -191,18 +262,19 @@ class ContinuousScheduler:
         now = time.perf_counter()
         for row, flight in active.items():
             state = flight.state
-            if flight.outcome is not None:  # failed in this step
+            if flight.done:  # failed in this step
                 continue
             if state.finished:
-                state.timings_ms["denoise"] = (now - flight.denoise_started) * 1000
+                flight.timings_ms["denoise"] = (now - flight.denoise_started) * 1000
             elif flight.deadline is not None and now > flight.deadline:
+                flight.done = True
                 flight.outcome = TimeBudgetExceeded(
                     f"`timeout_s` of {flight.request.timeout_s} s ran out after step {state.step} of "
                     f"{state.total_steps}",
                     field="timeout_s",
                     value=flight.request.timeout_s,
                 )
-            if flight.request.stream and flight.outcome is None:
+            if flight.request.stream and not flight.done:
                 lines = call.events.setdefault(row, [])
                 lines.append(progress_event(state))
                 every = flight.request.preview_every
@@ -221,6 +293,7 @@ class ContinuousScheduler:
                 self.denoiser.free_memory()
             if len(flights) == 1:
                 log.warning("request %s failed at step %d", flights[0].request_id, before[0], exc_info=True)
+                flights[0].done = True
                 flights[0].outcome = (
                     OutOfMemory(f"out of memory at step {before[0]} even alone: {exc}")
                     if is_out_of_memory(exc)
@@ -234,44 +307,17 @@ class ContinuousScheduler:
             if part:
                 self._step_isolated(part)
 
-    def _decode(self, call: Call) -> None:
-        """VAE-decode the requests that finished denoising in this call, one decode per image size."""
-        finished = {row: f for row, f in call.flights.items() if f.outcome is None and f.state.finished}
-        groups = group_requests({row: f.request for row, f in finished.items()}, self.settings.max_images_per_call)
-        for group in groups:
-            flights = [finished[row] for row in group.rows]
-            started = time.perf_counter()
-            try:
-                outcomes = self.denoiser.decode([f.state for f in flights])
-            except Exception:  # decode them one by one: a failure stays with its request
-                log.warning("decoding %d request(s) together failed; decoding alone", len(flights), exc_info=True)
-                self.denoiser.free_memory()
-                outcomes = [self._decode_alone(f) for f in flights]
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            for flight, outcome in zip(flights, outcomes, strict=True):
-                flight.outcome = outcome
-                flight.state.timings_ms["vae_decode"] = elapsed_ms
-
-    def _decode_alone(self, flight: Flight) -> list[Any] | BaseException:
-        try:
-            return self.denoiser.decode([flight.state])[0]
-        except Exception as exc:
-            return exc
-
-    def _leave(self, call: Call, row: int, encoded: Any, encode_ms: float) -> Reply:
-        """The request's last reply (its images or its error); its state is freed."""
+    def _leave(self, call: Call, row: int) -> Reply:
+        """The request's last reply (its images or its error); it leaves the loop."""
         flight = call.flights[row]
         del self.flights[flight.request_id]
         try:
             if isinstance(flight.outcome, BaseException):
                 raise flight.outcome
-            if isinstance(encoded, BaseException):
-                raise encoded
-            timings = dict(flight.state.timings_ms)
-            timings["encode_image"] = encode_ms
-            timings["total"] = (time.perf_counter() - flight.arrived) * 1000
+            timings = {**flight.timings_ms, "total": (time.perf_counter() - flight.arrived) * 1000}
             call.timings[row] = timings
-            outcome = self.service.success_reply(flight.request, encoded, timings, self._accounting(call, flight))
+            batch_info = self._accounting(call, flight)
+            outcome = self.service.success_reply(flight.request, flight.outcome, timings, batch_info)
         except Exception as exc:
             outcome = error_reply(exc)
         call.finals[row] = outcome

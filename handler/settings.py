@@ -53,6 +53,9 @@ class HandlerSettings:
         steps_per_call (`int`, defaults to 1): continuous batching only: denoising steps every in-flight
             request advances per handler call. More steps per call cost less per-call overhead but make
             joiners wait longer for the next step boundary and send progress less often.
+        overlap_side_work (`bool`, defaults to True): continuous batching only: joiners' prompt encoding and
+            finishers' VAE decode + image encoding run on a side thread (and CUDA stream) beside the shared
+            denoising steps, instead of inside them where every request in flight waits for them.
         continuous (`bool`, defaults to False): step-level continuous batching (:mod:`handler.continuous`).
             Not a ``handler:`` key: it is TorchServe's own top-level ``continuousBatching`` key, so the
             frontend and the handler cannot disagree about the mode.
@@ -76,6 +79,7 @@ class HandlerSettings:
     encode_threads: int = 8
     compile_mode: str | None = None
     steps_per_call: int = 1
+    overlap_side_work: bool = True
     continuous: bool = False
     memory_ceiling_latent_pixels: int | None = None
     warmup: tuple[WarmupShape, ...] | None = None

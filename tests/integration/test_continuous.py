@@ -68,7 +68,6 @@ def test_a_request_joins_one_that_is_mid_loop_and_leaves_before_it(continuous_se
     assert short_batch["in_flight_at_join"] >= 1
     assert long_batch["joined_call"] < short_batch["joined_call"] < short_batch["left_call"] < long_batch["left_call"]
     assert short_batch["shared_steps"] == 3, "every step of the short request shared the long one's UNet forward"
-    assert short_batch["left_call"] - short_batch["joined_call"] == 2
     assert long_result["event"] == "result" and long_response.status_code == 200
 
 

@@ -107,8 +107,9 @@ def pixels(body: dict) -> np.ndarray:
 
 @pytest.fixture
 def continuous_service(tiny_loaded, tiny_settings):
+    """Finishers decoded inline, so that which call a request leaves at does not depend on thread timing."""
     counter = itertools.count(1000)
-    settings = tiny_settings.with_changes(continuous=True, steps_per_call=1)
+    settings = tiny_settings.with_changes(continuous=True, steps_per_call=1, overlap_side_work=False)
     return SDXLService(tiny_loaded, settings, seed_source=lambda: next(counter))
 
 
@@ -244,7 +245,7 @@ def test_streamed_failure_ends_with_an_error_event(frontend):
 
 def test_out_of_memory_splits_the_step_and_fails_only_the_request_too_big_alone(tiny_loaded, tiny_settings):
     # 64x64 -> 32x32 tiny latents; guidance doubles the rows: one 1-image request = 2048 latent pixels.
-    settings = tiny_settings.with_changes(continuous=True, memory_ceiling_latent_pixels=2048)
+    settings = tiny_settings.with_changes(continuous=True, memory_ceiling_latent_pixels=2048, overlap_side_work=False)
     frontend = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings)))
     small = [frontend.submit({"prompt": f"s{i}", "seed": i, "num_inference_steps": 3}) for i in range(2)]
     big = frontend.submit({"prompt": "big", "num_inference_steps": 3, "num_images_per_prompt": 2})
@@ -290,3 +291,24 @@ def test_metrics_count_each_request_once_when_it_ends(frontend):
         observed.append({o.spec.name: o.labels for o in scheduler.metrics(call, replies, None)})
     assert "sdxl_requests_total" not in observed[0]
     assert observed[1]["sdxl_requests_total"] == {"Outcome": "ok"}
+
+
+def test_with_overlap_finishers_are_decoded_beside_the_steps_and_images_stay_the_same(tiny_loaded, tiny_settings):
+    settings = tiny_settings.with_changes(continuous=True, overlap_side_work=True)
+    frontend = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings)))
+    inline = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings.with_changes(overlap_side_work=False))))
+    bodies = [{"prompt": f"p{n}", "seed": n, "num_inference_steps": steps} for n, steps in enumerate([2, 9, 3, 5])]
+    for driver in (frontend, inline):
+        for body in bodies:
+            driver.submit(body)
+            driver.call()
+        driver.run_until_idle()
+
+    overlapped, alone = list(frontend.responses.values()), list(inline.responses.values())
+    for a, b in zip(overlapped, alone, strict=True):
+        assert a.status == b.status == 200
+        assert np.array_equal(pixels(a.json()), pixels(b.json()))
+        assert a.json()["timings_ms"]["vae_decode"] > 0 and a.json()["timings_ms"]["encode_image"] > 0
+    # A finisher may leave a call later than inline (its decode runs beside the next step), never earlier.
+    assert all(a.calls[-1] >= b.calls[-1] for a, b in zip(overlapped, alone, strict=True))
+    assert frontend.scheduler.flights == {}
