@@ -53,3 +53,47 @@ def draw(results: dict, path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def draw_openloop(results: dict, path: Path) -> None:
+    """The open-loop suite (bench/openloop.py): latency, time to first progress and images/s against load,
+    static and continuous batching (medians over rounds)."""
+    summaries = results["summaries"]
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5))
+    for mode, color in (("static", "tab:blue"), ("continuous", "tab:orange"), ("continuous-inline", "tab:green")):
+        points = sorted((s for s in summaries if s["mode"] == mode), key=lambda s: s["load"])
+        loads = [s["load"] for s in points]
+        for axis, name, style, label in (
+            (left, "p50_latency_s", "o--", "p50"),
+            (left, "p95_latency_s", "o-", "p95"),
+            (middle, "mean_first_progress_s", "o--", "mean"),
+            (middle, "p95_first_progress_s", "o-", "p95"),
+            (right, "images_per_s", "o-", "images/s"),
+        ):
+            values = [float("nan") if s[name] is None else s[name] for s in points]
+            axis.plot(loads, values, style, color=color, label=f"{mode} {label}")
+    loads = sorted({s["load"] for s in summaries})
+    offered = [load * results["capacity"]["rps"] for load in loads]
+    right.plot(loads, offered, ":", color="gray", label="offered: load x capacity (req/s)")
+    for axis, ylabel, title in (
+        (left, "latency (s)", "Latency (send -> result)"),
+        (middle, "time to first progress (s)", "Time to first progress event"),
+        (right, "images / s, requests / s", "Throughput"),
+    ):
+        axis.set_xlabel("load (fraction of capacity)")
+        axis.set_ylabel(ylabel)
+        axis.set_title(title)
+        axis.legend()
+        axis.grid(alpha=0.3)
+        axis.set_ylim(bottom=0)
+
+    settings, machine = results["settings"], results["machine"]
+    figure.suptitle(
+        f"sdxl-torchserve open loop, {settings['model']} model {settings['size']}px, steps "
+        f"{','.join(map(str, settings['steps_mix']))}, batch {settings['batch_size']}, capacity "
+        f"{results['capacity']['rps']} req/s, {machine.get('gpu') or str(machine['cpu_count']) + ' CPU cores'}, "
+        f"{results['date'][:10]}"
+    )
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

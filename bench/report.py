@@ -1,6 +1,7 @@
 """Print a benchmark results.json as Markdown tables (what the README shows).
 
 python -m bench.report bench/results/2026-11-30-cpu/results.json
+python -m bench.report bench/results/<date>-cpu-continuous/results.json    # the open-loop suite's tables
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ import sys
 
 
 def markdown(results: dict) -> str:
+    if results.get("suite") == "continuous":  # bench/openloop.py's results
+        from bench.openloop_summary import markdown as openloop_markdown
+
+        return openloop_markdown(results)
     rows = [
         "| variant | batch | images/s (rounds) | p50 s | p95 s | p99 s | mean batch | handler s/call | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -2,6 +2,7 @@
 
     python -m bench.run                      # CPU, tiny model: every variant in one invocation (< 5 min here)
     python -m bench.run --batch-sizes 4 --requests 32 --clients 8    # one point
+    python -m bench.run --suite continuous   # open-loop arrivals, static vs continuous batching (bench/openloop.py)
 
 Variants, all on the same requests (fixed seeds, one prompt per request):
   direct-bB     the pipeline called in-process with batches of B (the ceiling for serving)
@@ -319,8 +320,26 @@ def ratios(rounds: dict[str, list[dict]]) -> dict:
     return found
 
 
+SUITES = ("serving", "continuous")
+
+
 def main(argv: list[str] | None = None) -> None:
+    # --suite continuous hands every other argument to bench/openloop.py (its own options and defaults).
+    chooser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    chooser.add_argument("--suite", choices=SUITES, default="serving")
+    chosen, rest = chooser.parse_known_args(argv)
+    if chosen.suite == "continuous":
+        from bench.openloop import main as openloop_main
+
+        return openloop_main(rest)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--suite",
+        choices=SUITES,
+        default="serving",
+        help="serving (default): the variants above; continuous: open-loop static vs continuous batching, whose "
+        "options `--suite continuous --help` lists",
+    )
     parser.add_argument("--model", default="tiny", help="tiny (default) or a diffusers folder")
     parser.add_argument(
         "--config", default="tiny-sdxl.yaml", help="base model yaml in config/ (default tiny-sdxl.yaml)"

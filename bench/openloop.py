@@ -1,0 +1,402 @@
+"""Open-loop arrivals: static batching against step-level continuous batching on the same TorchServe.
+
+    python -m bench.openloop                          # CPU, tiny model, every load and round in one invocation
+    python -m bench.run --suite continuous            # the same
+    python -m bench.openloop --requests 6 --rounds 1 --loads 0.5 --capacity-requests 8 --out /tmp/ol-smoke
+
+Two models on one server, same batchSize B (default 8) and maxBatchDelay: ``static`` (TorchServe's batches)
+and ``continuous`` (``continuousBatching: true``: requests join and leave the denoising loop between steps).
+The requests mix step counts (default 4, 8 and 16), each with its own prompt and fixed seed, all streamed so
+that the client times the first progress event. Capacity is the lower of the two modes' closed-loop
+throughputs; then, at each load (a fraction of capacity), the same Poisson arrival schedule is replayed
+against each mode, every request sent at its time whatever the earlier ones are doing. Writes results.json
+and chart.png into --out; prints the tables (bench/openloop_summary.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import requests
+import yaml
+
+from bench.direct import bench_request
+from bench.loadgen import Sample, closed_loop
+from bench.openloop_summary import markdown, ratios, summaries, summarize_run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# continuous-inline: continuous batching with finishers decoded inside the call (overlap_side_work: false),
+# to measure what overlapping that side work buys.
+MODES = ("static", "continuous", "continuous-inline")
+CAPACITY_MODES = ("static", "continuous")
+
+__all__ = ["arrival_schedule", "main", "markdown", "request_mix", "run"]
+
+
+# -- the requests and when they arrive -------------------------------------------------------------
+
+
+def request_mix(count: int, steps_mix: list[int], seed: int = 0) -> list[int]:
+    """Request i's step count, drawn uniformly from ``steps_mix`` by a seeded RNG (a longer list keeps the
+    shorter one as its prefix, so capacity and load runs share their first requests)."""
+    rng = random.Random(seed)
+    return [rng.choice(steps_mix) for _ in range(count)]
+
+
+def arrival_schedule(count: int, rate_rps: float, seed: int = 0) -> list[float]:
+    """Send offsets (s from the run start) of ``count`` Poisson arrivals at ``rate_rps``: the first at 0, then
+    exponential gaps of mean 1/rate. One seed gives the same unit-rate gaps at every rate, so the schedules of
+    two loads differ only by their time scale."""
+    if rate_rps <= 0:
+        raise ValueError(f"arrival rate must be > 0, got {rate_rps}")
+    rng = random.Random(seed)
+    offsets, now = [], 0.0
+    for index in range(count):
+        if index:
+            now += rng.expovariate(1.0)
+        offsets.append(now)
+    # Rescaled so that the schedule's own mean rate is exactly rate_rps: a few dozen draws can be 20 % off,
+    # and the load must be the stated fraction of capacity.
+    scale = (count - 1) / (rate_rps * offsets[-1]) if count > 1 and offsets[-1] > 0 else 1 / rate_rps
+    return [offset * scale for offset in offsets]
+
+
+def request_body(index: int, steps: int, size: int) -> dict:
+    """The benchmark's request i (bench.direct.bench_request: own prompt, seed i), streamed."""
+    return {**bench_request(index, size, size, steps), "stream": True}
+
+
+# -- one request, and an open loop of them ---------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """One streamed request as the client saw it; times are offsets from the run start (s)."""
+
+    index: int
+    steps: int
+    sent_s: float
+    status: int = 0  # 0: no HTTP answer; else the HTTP status, or the error event's code after a 200
+    done_s: float | None = None
+    latency_s: float | None = None  # send -> final ``result`` event
+    first_progress_s: float | None = None  # send -> first ``progress`` event
+    images: int = 0
+    handler_total_s: float | None = None  # the reply's ``timings_ms.total``: its time inside the handler
+    batch: dict | None = None  # the reply's ``batch`` section (the handler's accounting)
+    error: str | None = None
+
+
+def send_streamed(session: requests.Session, url: str, headers: dict, body: dict, origin: float, index: int) -> Outcome:
+    """POST one streamed request and read its events as they come."""
+    sent = time.perf_counter()
+    outcome = Outcome(index, body["num_inference_steps"], sent_s=sent - origin)
+    try:
+        response = session.post(url, data=json.dumps(body), headers=headers, stream=True, timeout=600)
+        with response:
+            if response.status_code != 200:
+                outcome.status, outcome.error = response.status_code, response.text[:300]
+                return outcome
+            last = None
+            for line in response.iter_lines():
+                if not line:
+                    continue
+                last = json.loads(line)
+                if last.get("event") == "progress" and outcome.first_progress_s is None:
+                    outcome.first_progress_s = time.perf_counter() - sent
+        done = time.perf_counter()
+        outcome.done_s = done - origin
+        if last is None or last.get("event") != "result":
+            outcome.status = (last or {}).get("code", 0)
+            outcome.error = json.dumps(last)[:300]
+            return outcome
+        outcome.status, outcome.latency_s = 200, done - sent
+        outcome.images, outcome.batch = len(last["images"]), last.get("batch")
+        outcome.handler_total_s = last.get("timings_ms", {}).get("total", 0) / 1000
+    except requests.RequestException as exc:
+        outcome.error = repr(exc)[:300]
+    return outcome
+
+
+def sender(server, model: str, steps: list[int], size: int):
+    """``send(i, origin)`` -> Outcome of request i on ``model``, one requests.Session per thread."""
+    url = f"{server.inference_url}/predictions/{model}"
+    headers = {"Content-Type": "application/json", **server.headers("inference")}
+    local = threading.local()
+
+    def send(index: int, origin: float) -> Outcome:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+        return send_streamed(local.session, url, headers, request_body(index, steps[index], size), origin, index)
+
+    return send
+
+
+def open_loop(send, offsets: list[float]) -> list[Outcome]:
+    """Send request i at ``offsets[i]`` s after the start, each on its own thread, whatever the earlier requests
+    are doing; returns when every request has its answer."""
+    outcomes: list[Outcome | None] = [None] * len(offsets)
+
+    def fire(index: int, origin: float) -> None:
+        outcomes[index] = send(index, origin)
+
+    threads = []
+    origin = time.perf_counter()
+    for index, offset in enumerate(offsets):
+        delay = origin + offset - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        thread = threading.Thread(target=fire, args=(index, origin), daemon=True)
+        thread.start()
+        threads.append(thread)
+    for thread in threads:
+        thread.join()
+    assert all(o is not None for o in outcomes), "a request got no outcome"
+    return outcomes  # type: ignore[return-value]
+
+
+def capacity_rps(send, clients: int, total: int) -> dict:
+    """Saturated throughput of the mix: ``total`` requests from ``clients`` closed-loop clients."""
+
+    def closed_send(index: int) -> Sample:
+        outcome = send(index, time.perf_counter())
+        return Sample(outcome.latency_s or 0.0, outcome.status, outcome.images)
+
+    samples, wall = closed_loop(closed_send, clients, total)
+    ok = sum(1 for s in samples if s.status == 200)
+    return {"rps": round(ok / wall, 4), "ok": ok, "errors": total - ok, "wall_s": round(wall, 3)}
+
+
+def warm(send, count: int) -> None:
+    """Requests 0..count-1 from ``count`` clients at once (one full batch), not counted."""
+    closed_loop(lambda index: Sample(0.0, send(index, time.perf_counter()).status), count, count)
+
+
+class GpuUtilization:
+    """Mean GPU utilisation (%) sampled with nvidia-smi every ``interval_s`` (default 0.2) while the block runs;
+    ``mean`` is None without nvidia-smi."""
+
+    QUERY = ("--query-gpu=utilization.gpu", "--format=csv,noheader,nounits")
+
+    def __init__(self, interval_s: float = 0.2):
+        self.command = shutil.which("nvidia-smi")
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                text = subprocess.run([self.command, *self.QUERY], capture_output=True, text=True, timeout=5).stdout
+                values = [float(v) for v in text.split() if v.replace(".", "", 1).isdigit()]
+                if values:
+                    self.samples.append(statistics.fmean(values))
+            except (OSError, subprocess.SubprocessError):
+                return
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> GpuUtilization:
+        self._thread = threading.Thread(target=self._sample, daemon=True) if self.command else None
+        if self._thread:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.fmean(self.samples), 1) if self.samples else None
+
+
+# -- the benchmark -----------------------------------------------------------------------------------
+
+
+def model_yamls(base: Path, args: argparse.Namespace) -> dict[str, dict]:
+    """The two model yamls: the base config at batchSize B and maxBatchDelay; continuous adds
+    ``continuousBatching: true`` and ``handler.steps_per_call``."""
+    from bench.run import model_yaml
+
+    static = model_yaml(base, args.batch_size, args.max_batch_delay, args.size, args.size, min(args.steps_mix))
+    continuous = copy.deepcopy(static)
+    continuous["continuousBatching"] = True
+    continuous["handler"]["steps_per_call"] = args.steps_per_call
+    inline = copy.deepcopy(continuous)
+    inline["handler"]["overlap_side_work"] = False
+    return {"static": static, "continuous": continuous, "continuous-inline": inline}
+
+
+def timed_run(server, mode: str, steps: list[int], offsets: list[float], size: int) -> dict:
+    """One open-loop run of ``offsets`` against ``mode``: its summary and every request's record."""
+    with GpuUtilization() as gpu:
+        outcomes = open_loop(sender(server, mode, steps, size), offsets)
+    records = [asdict(o) for o in outcomes]
+    return {**summarize_run(records, gpu.mean), "request_records": records}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Build, serve, measure capacity, run every (round, load, mode), write results.json and chart.png."""
+    from bench.run import machine_info
+    from scripts.build_archive import build_archive
+    from scripts.torchserve_control import TorchServe, free_port, write_config
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="sdxl-openloop-"))
+    batch_size = args.batch_size
+    steps = request_mix(max(args.requests, args.capacity_requests, batch_size), args.steps_mix, args.seed)
+    capacity_clients = args.capacity_clients or 2 * batch_size
+    results: dict = {
+        "suite": "continuous",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("out", "ready_timeout")},
+            "capacity_clients": capacity_clients,
+            "request_steps": steps[: args.requests],
+        },
+    }
+
+    # 1. The model folder (tiny: built offline from code; or a diffusers folder) and the two models.
+    if args.model == "tiny":
+        from handler.tiny_model import save_tiny_pipeline
+
+        model_dir = save_tiny_pipeline(work / "tiny-sdxl")
+    else:
+        model_dir = Path(args.model)
+    store = work / "model_store"
+    base_yaml = Path(args.config) if Path(args.config).is_file() else REPO_ROOT / "config" / args.config
+    for mode, config in model_yamls(base_yaml, args).items():
+        yaml_path = work / f"{mode}.yaml"
+        yaml_path.write_text(yaml.safe_dump(config))
+        build_archive(
+            str(model_dir),
+            config=yaml_path,
+            export_path=store,
+            archive_format="no-archive",
+            model_name=mode,
+            build_dir=work / "build",
+        )
+
+    # 2. One TorchServe with both loaded (an idle worker costs no CPU).
+    properties = write_config(
+        work / "config.properties",
+        {
+            "inference_address": f"http://127.0.0.1:{free_port()}",
+            "management_address": f"http://127.0.0.1:{free_port()}",
+            "metrics_address": f"http://127.0.0.1:{free_port()}",
+            "load_models": ",".join(MODES),
+        },
+    )
+    server = TorchServe(workdir=work / "server", config=properties, model_store=store)
+    server.start()
+    runs: list[dict] = []
+    try:
+        for mode in MODES:
+            server.wait_ready(mode, timeout=args.ready_timeout)
+
+        # 3. Warm each mode with one full batch, then its saturated throughput; capacity is the lower one.
+        for mode in MODES:
+            warm(sender(server, mode, steps, args.size), batch_size)
+        measured = {
+            mode: capacity_rps(sender(server, mode, steps, args.size), capacity_clients, args.capacity_requests)
+            for mode in CAPACITY_MODES
+        }
+        for mode, figures in measured.items():
+            print(f"capacity {mode}: {figures['rps']} req/s ({figures['errors']} errors)", flush=True)
+        capacity = min(figures["rps"] for figures in measured.values())
+        if capacity <= 0:
+            raise RuntimeError(f"no request succeeded while measuring capacity: {measured}; log:\n{server.log_tail()}")
+        results["capacity"] = {
+            "rps": capacity,
+            "static_rps": measured["static"]["rps"],
+            "continuous_rps": measured["continuous"]["rps"],
+            "requests": args.capacity_requests,
+            "clients": capacity_clients,
+            "runs": measured,
+        }
+
+        # 4. Rounds: at each load, the modes back to back on the same schedule; their order alternates.
+        unit_offsets = arrival_schedule(args.requests, 1.0, args.seed)
+        for round_index in range(args.rounds):
+            order = MODES if round_index % 2 == 0 else MODES[::-1]
+            for load in args.loads:
+                rate = load * capacity
+                offsets = [offset / rate for offset in unit_offsets]  # = arrival_schedule(N, rate, seed)
+                for position, mode in enumerate(order):
+                    figures = timed_run(server, mode, steps, offsets, args.size)
+                    runs.append(
+                        {"mode": mode, "load": load, "round": round_index, "position": position, "rate_rps": rate}
+                        | figures
+                    )
+                    print(
+                        f"round {round_index + 1} load {load} {mode}: p50 {figures['p50_latency_s']} s, "
+                        f"p95 {figures['p95_latency_s']} s, first progress {figures['mean_first_progress_s']} s, "
+                        f"{figures['images_per_s']} images/s, errors {figures['errors']}",
+                        flush=True,
+                    )
+    finally:
+        server.stop()
+
+    # 5. Summaries and ratios, results.json, chart.png, the tables.
+    results["runs"] = runs
+    results["summaries"] = summaries(runs)
+    results["ratios"] = ratios(runs)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from bench.chart import draw_openloop
+
+    draw_openloop(results, out / "chart.png")
+    print(markdown(results))
+    print(f"results: {out / 'results.json'}, chart: {out / 'chart.png'}")
+    return results
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny (default) or a diffusers folder")
+    parser.add_argument("--config", default="tiny-sdxl.yaml", help="base model yaml, in config/ or a path")
+    parser.add_argument("--size", type=int, default=64, help="image width and height (default 64)")
+    parser.add_argument("--steps-mix", type=ints, default=[4, 8, 16], help="step counts to draw from (default 4,8,16)")
+    parser.add_argument("--batch-size", type=int, default=8, help="batchSize of both modes (default 8)")
+    parser.add_argument("--max-batch-delay", type=int, default=50, help="maxBatchDelay, ms (default 50)")
+    parser.add_argument("--steps-per-call", type=int, default=1, help="continuous: steps per handler call (default 1)")
+    parser.add_argument("--requests", type=int, default=32, help="requests per open-loop run (default 32)")
+    parser.add_argument(
+        "--loads", type=floats, default=[0.5, 0.8, 0.95], help="fractions of capacity (default 0.5,0.8,0.95)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over every load and mode (default 2)")
+    parser.add_argument("--capacity-requests", type=int, default=32, help="closed-loop requests (default 32)")
+    parser.add_argument("--capacity-clients", type=int, default=0, help="closed-loop clients (default 2 x batch size)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the mix and the arrivals (default 0)")
+    parser.add_argument("--ready-timeout", type=float, default=600)
+    parser.add_argument(
+        "--out",
+        default=str(REPO_ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-cpu-continuous"),
+        help="where results.json and chart.png go (default bench/results/<date>-cpu-continuous)",
+    )
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
