@@ -60,7 +60,11 @@ def draw_openloop(results: dict, path: Path) -> None:
     static and continuous batching (medians over rounds)."""
     summaries = results["summaries"]
     figure, (left, middle, right) = plt.subplots(1, 3, figsize=(17, 5))
-    for mode, color in (("static", "tab:blue"), ("continuous", "tab:orange"), ("continuous-inline", "tab:green")):
+    for mode, color in (
+        ("static", "tab:blue"),
+        ("continuous-inline", "tab:orange"),
+        ("continuous-overlap", "tab:green"),
+    ):
         points = sorted((s for s in summaries if s["mode"] == mode), key=lambda s: s["load"])
         loads = [s["load"] for s in points]
         for axis, name, style, label in (

@@ -4,13 +4,15 @@
     python -m bench.run --suite continuous            # the same
     python -m bench.openloop --requests 6 --rounds 1 --loads 0.5 --capacity-requests 8 --out /tmp/ol-smoke
 
-Two models on one server, same batchSize B (default 8) and maxBatchDelay: ``static`` (TorchServe's batches)
-and ``continuous`` (``continuousBatching: true``: requests join and leave the denoising loop between steps).
-The requests mix step counts (default 4, 8 and 16), each with its own prompt and fixed seed, all streamed so
-that the client times the first progress event. Capacity is the lower of the two modes' closed-loop
-throughputs; then, at each load (a fraction of capacity), the same Poisson arrival schedule is replayed
-against each mode, every request sent at its time whatever the earlier ones are doing. Writes results.json
-and chart.png into --out; prints the tables (bench/openloop_summary.py).
+Three models on one server, same batchSize B (default 8) and maxBatchDelay: ``static`` (TorchServe's
+batches) and continuous batching (``continuousBatching: true``: requests join and leave the denoising loop
+between steps) with finishers decoded inside the call (``continuous-inline``) or on a side thread
+(``continuous-overlap``). The requests mix step counts (default 4, 8 and 16), each with its own prompt and
+fixed seed, all streamed so that the client times the first progress event. Capacity is the lower of
+static's and continuous-inline's closed-loop throughputs; then, at each load (a fraction of capacity), the
+same Poisson arrival schedule is replayed against each mode, every request sent at its time whatever the
+earlier ones are doing. Writes results.json and chart.png into --out; prints the tables
+(bench/openloop_summary.py).
 """
 
 from __future__ import annotations
@@ -37,10 +39,10 @@ from bench.loadgen import Sample, closed_loop
 from bench.openloop_summary import markdown, ratios, summaries, summarize_run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# continuous-inline: continuous batching with finishers decoded inside the call (overlap_side_work: false),
-# to measure what overlapping that side work buys.
-MODES = ("static", "continuous", "continuous-inline")
-CAPACITY_MODES = ("static", "continuous")
+# Continuous batching twice: finishers decoded inside the call (overlap_side_work: false, the CPU default) and
+# beside the steps on a side thread (true, the CUDA default), to measure what overlapping that work buys.
+MODES = ("static", "continuous-inline", "continuous-overlap")
+CAPACITY_MODES = ("static", "continuous-inline")
 
 __all__ = ["arrival_schedule", "main", "markdown", "request_mix", "run"]
 
@@ -226,17 +228,18 @@ class GpuUtilization:
 
 
 def model_yamls(base: Path, args: argparse.Namespace) -> dict[str, dict]:
-    """The two model yamls: the base config at batchSize B and maxBatchDelay; continuous adds
-    ``continuousBatching: true`` and ``handler.steps_per_call``."""
+    """The model yamls: the base config at batchSize B and maxBatchDelay; continuous adds
+    ``continuousBatching: true``, ``handler.steps_per_call`` and ``handler.overlap_side_work``."""
     from bench.run import model_yaml
 
     static = model_yaml(base, args.batch_size, args.max_batch_delay, args.size, args.size, min(args.steps_mix))
     continuous = copy.deepcopy(static)
     continuous["continuousBatching"] = True
     continuous["handler"]["steps_per_call"] = args.steps_per_call
-    inline = copy.deepcopy(continuous)
+    inline, overlap = copy.deepcopy(continuous), copy.deepcopy(continuous)
     inline["handler"]["overlap_side_work"] = False
-    return {"static": static, "continuous": continuous, "continuous-inline": inline}
+    overlap["handler"]["overlap_side_work"] = True
+    return {"static": static, "continuous-inline": inline, "continuous-overlap": overlap}
 
 
 def timed_run(server, mode: str, steps: list[int], offsets: list[float], size: int) -> dict:
@@ -275,11 +278,22 @@ def run(args: argparse.Namespace) -> dict:
         from handler.tiny_model import save_tiny_pipeline
 
         model_dir = save_tiny_pipeline(work / "tiny-sdxl")
+    elif args.model == "full":  # SDXL base 1.0's architecture, random weights (bench/full_sdxl.py), for a GPU
+        import torch
+
+        from bench.full_sdxl import build_full_size_pipeline
+
+        model_dir = work / "sdxl-full"
+        build_full_size_pipeline("cuda" if torch.cuda.is_available() else "cpu").save_pretrained(model_dir)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     else:
         model_dir = Path(args.model)
     store = work / "model_store"
     base_yaml = Path(args.config) if Path(args.config).is_file() else REPO_ROOT / "config" / args.config
     for mode, config in model_yamls(base_yaml, args).items():
+        if mode not in args.modes:
+            continue
         yaml_path = work / f"{mode}.yaml"
         yaml_path.write_text(yaml.safe_dump(config))
         build_archive(
@@ -298,18 +312,18 @@ def run(args: argparse.Namespace) -> dict:
             "inference_address": f"http://127.0.0.1:{free_port()}",
             "management_address": f"http://127.0.0.1:{free_port()}",
             "metrics_address": f"http://127.0.0.1:{free_port()}",
-            "load_models": ",".join(MODES),
+            "load_models": ",".join(args.modes),
         },
     )
     server = TorchServe(workdir=work / "server", config=properties, model_store=store)
     server.start()
     runs: list[dict] = []
     try:
-        for mode in MODES:
+        for mode in args.modes:
             server.wait_ready(mode, timeout=args.ready_timeout)
 
         # 3. Warm each mode with one full batch, then its saturated throughput; capacity is the lower one.
-        for mode in MODES:
+        for mode in args.modes:
             warm(sender(server, mode, steps, args.size), batch_size)
         measured = {
             mode: capacity_rps(sender(server, mode, steps, args.size), capacity_clients, args.capacity_requests)
@@ -323,7 +337,7 @@ def run(args: argparse.Namespace) -> dict:
         results["capacity"] = {
             "rps": capacity,
             "static_rps": measured["static"]["rps"],
-            "continuous_rps": measured["continuous"]["rps"],
+            "continuous_rps": measured["continuous-inline"]["rps"],
             "requests": args.capacity_requests,
             "clients": capacity_clients,
             "runs": measured,
@@ -332,7 +346,7 @@ def run(args: argparse.Namespace) -> dict:
         # 4. Rounds: at each load, the modes back to back on the same schedule; their order alternates.
         unit_offsets = arrival_schedule(args.requests, 1.0, args.seed)
         for round_index in range(args.rounds):
-            order = MODES if round_index % 2 == 0 else MODES[::-1]
+            order = args.modes if round_index % 2 == 0 else args.modes[::-1]
             for load in args.loads:
                 rate = load * capacity
                 offsets = [offset / rate for offset in unit_offsets]  # = arrival_schedule(N, rate, seed)
@@ -374,7 +388,15 @@ def ints(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny", help="tiny (default) or a diffusers folder")
+    parser.add_argument(
+        "--model", default="tiny", help="tiny (default), full (SDXL base architecture, random weights) or a folder"
+    )
+    parser.add_argument(
+        "--modes",
+        type=lambda text: [m for m in MODES if m in text.split(",")],
+        default=list(MODES),
+        help=f"modes to run, from {','.join(MODES)} (default all; static and continuous-inline are always kept)",
+    )
     parser.add_argument("--config", default="tiny-sdxl.yaml", help="base model yaml, in config/ or a path")
     parser.add_argument("--size", type=int, default=64, help="image width and height (default 64)")
     parser.add_argument("--steps-mix", type=ints, default=[4, 8, 16], help="step counts to draw from (default 4,8,16)")
@@ -395,7 +417,9 @@ def main(argv: list[str] | None = None) -> None:
         default=str(REPO_ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-cpu-continuous"),
         help="where results.json and chart.png go (default bench/results/<date>-cpu-continuous)",
     )
-    run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    args.modes = [mode for mode in MODES if mode in {*args.modes, *CAPACITY_MODES}]
+    run(args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The open-loop benchmark's arithmetic: one run's figures, medians over rounds, continuous/static ratios, Markdown.
+"""The open-loop benchmark's arithmetic: one run's figures, medians over rounds, ratios between modes, Markdown.
 
 Pure functions over the records bench/openloop.py writes into results.json, so every figure can be recomputed
 from that file. A request record: ``index``, ``steps``, ``status``, ``sent_s`` and ``done_s`` (offsets from the
@@ -31,7 +31,11 @@ ROUNDS_SHOWN = ("p95_latency_s", "mean_first_progress_s", "images_per_s", "error
 # (ratio name, figure), per load and compared pair of modes.
 RATIOS = (("p95_latency", "p95_latency_s"), ("mean_latency", "mean_latency_s"), ("images_per_s", "images_per_s"))
 # (numerator, denominator): continuous against static batching; side work overlapped against inline.
-PAIRS = (("continuous", "static"), ("continuous", "continuous-inline"))
+PAIRS = (
+    ("continuous-inline", "static"),
+    ("continuous-overlap", "static"),
+    ("continuous-overlap", "continuous-inline"),
+)
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -150,11 +154,11 @@ def _cell(summary: dict, figure: str) -> str:
 
 def markdown(results: dict) -> str:
     """The capacity, the per (load, mode) figures (median over rounds; the key ones' per-round values in
-    brackets), p95 latency per step count with the batch accounting, and the continuous/static ratios."""
+    brackets), p95 latency per step count with the batch accounting, and the ratios between modes."""
     capacity = results["capacity"]
     rows = [
         f"Capacity (closed loop, {capacity['clients']} clients, {capacity['requests']} requests): static "
-        f"{capacity['static_rps']} req/s, continuous {capacity['continuous_rps']} req/s; loads are fractions of "
+        f"{capacity['static_rps']} req/s, continuous-inline {capacity['continuous_rps']} req/s; loads are fractions of "
         f"{capacity['rps']} req/s.",
         "",
         "| load | mode | arrivals req/s | mean s | p50 s | p95 s | first progress mean s | first progress p95 s "

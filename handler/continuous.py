@@ -108,7 +108,8 @@ class ContinuousScheduler:
         self.service = service
         self.settings = service.settings
         self.denoiser = service.denoiser
-        self.side = SideWorker(service.loaded.device, overlap=self.settings.overlap_side_work)
+        device = service.loaded.device
+        self.side = SideWorker(device, overlap=self.settings.overlaps_side_work(device.type))
         self.flights: dict[str, Flight] = {}  # request id -> its flight, for every request in the loop
         self.calls = 0
 

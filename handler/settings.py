@@ -53,9 +53,10 @@ class HandlerSettings:
         steps_per_call (`int`, defaults to 1): continuous batching only: denoising steps every in-flight
             request advances per handler call. More steps per call cost less per-call overhead but make
             joiners wait longer for the next step boundary and send progress less often.
-        overlap_side_work (`bool`, defaults to True): continuous batching only: joiners' prompt encoding and
-            finishers' VAE decode + image encoding run on a side thread (and CUDA stream) beside the shared
-            denoising steps, instead of inside them where every request in flight waits for them.
+        overlap_side_work (`bool` or "auto", defaults to "auto"): continuous batching only: finishers' VAE
+            decode + image encoding run on a side thread (and CUDA stream) beside the shared denoising steps,
+            instead of inside them where every request in flight waits for them. "auto" is on for CUDA and off
+            on a CPU, where the side thread competes with the steps for the same cores (measured: worse).
         continuous (`bool`, defaults to False): step-level continuous batching (:mod:`handler.continuous`).
             Not a ``handler:`` key: it is TorchServe's own top-level ``continuousBatching`` key, so the
             frontend and the handler cannot disagree about the mode.
@@ -79,7 +80,7 @@ class HandlerSettings:
     encode_threads: int = 8
     compile_mode: str | None = None
     steps_per_call: int = 1
-    overlap_side_work: bool = True
+    overlap_side_work: bool | str = "auto"
     continuous: bool = False
     memory_ceiling_latent_pixels: int | None = None
     warmup: tuple[WarmupShape, ...] | None = None
@@ -97,11 +98,21 @@ class HandlerSettings:
             if not isinstance(warmup, list):
                 raise ConfigError(f"handler.warmup must be a list of shapes but is {warmup!r}")
             warmup = tuple(_build(WarmupShape, shape, "handler.warmup[]") for shape in warmup)
+        overlap = section.pop("overlap_side_work", "auto")
+        if not (overlap == "auto" or isinstance(overlap, bool)):
+            raise ConfigError(f"handler.overlap_side_work must be auto, true or false but is {overlap!r}")
         continuous = (model_yaml or {}).get("continuousBatching", False)
         if not isinstance(continuous, bool):
             raise ConfigError(f"continuousBatching must be true or false but is {continuous!r}")
         settings = _build(
-            cls, section, "handler", limits=limits, defaults=defaults, warmup=warmup, continuous=continuous
+            cls,
+            section,
+            "handler",
+            limits=limits,
+            defaults=defaults,
+            warmup=warmup,
+            continuous=continuous,
+            overlap_side_work=overlap,
         )
         settings.check()
         return settings
@@ -124,6 +135,12 @@ class HandlerSettings:
         if self.max_images_per_call < self.limits.max_images_per_prompt:
             raise ConfigError("handler.max_images_per_call must be >= handler.limits.max_images_per_prompt")
         check_defaults(self.limits, self.defaults)
+
+    def overlaps_side_work(self, device_type: str) -> bool:
+        """``overlap_side_work`` resolved for a device type ("cuda", "cpu")."""
+        if self.overlap_side_work == "auto":
+            return device_type == "cuda"
+        return bool(self.overlap_side_work)
 
     def warmup_shapes(self) -> tuple[WarmupShape, ...]:
         if self.warmup is not None:

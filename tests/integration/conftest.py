@@ -42,6 +42,67 @@ def while_worker_is_busy(server, calls: list) -> list:
         return [future.result() for future in futures]
 
 
+def soak(server, clients: int, seconds: float, abandon_every: int = 0) -> None:
+    """``clients`` clients send mixed requests for ``seconds``; each answer must be exactly its own request's,
+    and the worker's RSS may not grow by more than 150 MB. With ``abandon_every`` N, every Nth request is
+    streamed and its client disconnects after the first event."""
+    import json
+    import threading
+
+    import psutil
+    import requests
+
+    worker = psutil.Process(server.worker_pids()[0])
+    for i in range(4):  # settle allocator caches before measuring growth
+        server.predict({"prompt": f"warm {i}", "seed": i})
+    rss_before = worker.memory_info().rss
+    stop_at = time.monotonic() + seconds
+    counter, lock, results, abandoned = iter(range(10**9)), threading.Lock(), [], []
+
+    def client():
+        while time.monotonic() < stop_at:
+            with lock:
+                n = next(counter)
+            body = {"prompt": f"soak request {n}", "seed": 1000 + n, "num_inference_steps": 2 + n % 3}
+            if abandon_every and n % abandon_every == abandon_every - 1:
+                response = requests.post(
+                    f"{server.inference_url}/predictions/{server_model_name()}",
+                    data=json.dumps({**body, "stream": True, "num_inference_steps": 30}),
+                    headers={"Content-Type": "application/json", **server.headers()},
+                    stream=True,
+                    timeout=300,
+                )
+                next(response.iter_lines())
+                response.close()
+                abandoned.append(n)
+                continue
+            response = server.predict(body)
+            results.append((body, response.status_code, response.json()))
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    growth_mb = (worker.memory_info().rss - rss_before) / 2**20
+    print(
+        f"\nsoak: {clients} clients x {seconds} s: {len(results)} requests, {len(abandoned)} abandoned, "
+        f"RSS growth {growth_mb:.1f} MB"
+    )
+    assert len(results) >= clients * 3
+    for body, status, document in results:
+        assert status == 200, document
+        assert document["seeds"] == [body["seed"]] and document["parameters"]["prompt"] == body["prompt"]
+    assert len({body["seed"] for body, _, _ in results}) == len(results)  # one answer per request
+    assert growth_mb < 150, f"worker RSS grew {growth_mb:.1f} MB over the soak"
+
+
+def server_model_name() -> str:
+    from scripts.torchserve_control import MODEL_NAME
+
+    return MODEL_NAME
+
+
 def start_server(workdir, model_store, **overrides) -> TorchServe:
     config = write_config(
         workdir / "config.properties",

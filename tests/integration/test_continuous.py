@@ -20,6 +20,7 @@ from PIL import Image
 
 from handler.service import SDXLService
 from scripts.torchserve_control import MODEL_NAME
+from tests.integration.conftest import soak
 
 
 def post(server, body: dict, headers: dict | None = None, stream: bool = False) -> requests.Response:
@@ -148,3 +149,12 @@ def test_a_failure_after_joining_arrives_in_the_body_and_the_client_raises_it(co
     with pytest.raises(APIError) as caught:
         client.generate(body)
     assert caught.value.status == 504 and caught.value.field == "timeout_s"
+
+
+def test_soak_with_abandoned_streams_answers_everyone_and_holds_nothing(continuous_server):
+    soak(continuous_server, clients=4, seconds=15, abandon_every=5)
+    # The first request's calls let TorchServe notice the last closed connections; 30-step abandoned
+    # requests would still be in the loop when the second one joins.
+    assert post(continuous_server, {"prompt": "after the soak", "num_inference_steps": 2}).status_code == 200
+    later = post(continuous_server, {"prompt": "later", "num_inference_steps": 2})
+    assert later.json()["batch"]["in_flight_at_join"] == 0, "abandoned requests left state behind"

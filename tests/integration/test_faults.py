@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import psutil
 import pytest
+
+from tests.integration.conftest import soak
 
 
 def wait_for_new_worker(server, old_pids: list[int], timeout: float = 120) -> list[int]:
@@ -52,31 +52,4 @@ def test_a_batch_over_response_timeout_fails_and_the_worker_is_replaced(fragile_
 
 @pytest.mark.parametrize("clients,seconds", [(4, 15)])
 def test_soak_every_request_gets_exactly_its_own_answer(server, clients, seconds):
-    worker = psutil.Process(server.worker_pids()[0])
-    for i in range(4):  # settle allocator caches before measuring growth
-        server.predict({"prompt": f"warm {i}", "seed": i})
-    rss_before = worker.memory_info().rss
-    stop_at = time.monotonic() + seconds
-    counter, lock, results = iter(range(10**9)), threading.Lock(), []
-
-    def client():
-        while time.monotonic() < stop_at:
-            with lock:
-                n = next(counter)
-            body = {"prompt": f"soak request {n}", "seed": 1000 + n, "num_inference_steps": 2 + n % 3}
-            response = server.predict(body)
-            results.append((body, response.status_code, response.json()))
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    growth_mb = (worker.memory_info().rss - rss_before) / 2**20
-    print(f"\nsoak: {clients} clients x {seconds} s: {len(results)} requests, RSS growth {growth_mb:.1f} MB")
-    assert len(results) >= clients * 3
-    for body, status, document in results:
-        assert status == 200, document
-        assert document["seeds"] == [body["seed"]] and document["parameters"]["prompt"] == body["prompt"]
-    assert len({body["seed"] for body, _, _ in results}) == len(results)  # one answer per request
-    assert growth_mb < 150, f"worker RSS grew {growth_mb:.1f} MB over the soak"
+    soak(server, clients, seconds)

@@ -116,25 +116,25 @@ def fake_run(mode, load, round_index, p95, mean, images_per_s):
         "gpu_util_mean": None,
         "p95_latency_by_steps_s": {"4": p95 / 2, "16": p95},
         "mean_batch_requests": 3.0 if mode == "static" else None,
-        "mean_in_flight_at_join": 2.0 if mode == "continuous" else None,
-        "shared_step_fraction": 0.9 if mode == "continuous" else None,
+        "mean_in_flight_at_join": 2.0 if mode == "continuous-inline" else None,
+        "shared_step_fraction": 0.9 if mode == "continuous-inline" else None,
     }
     return {"mode": mode, "load": load, "round": round_index, **figures}
 
 
 RUNS = [
     fake_run("static", 0.5, 0, p95=4.0, mean=2.0, images_per_s=1.0),
-    fake_run("continuous", 0.5, 0, p95=2.0, mean=1.0, images_per_s=1.0),
-    fake_run("continuous", 0.5, 1, p95=3.0, mean=1.5, images_per_s=1.2),
+    fake_run("continuous-inline", 0.5, 0, p95=2.0, mean=1.0, images_per_s=1.0),
+    fake_run("continuous-inline", 0.5, 1, p95=3.0, mean=1.5, images_per_s=1.2),
     fake_run("static", 0.5, 1, p95=5.0, mean=3.0, images_per_s=1.0),
     fake_run("static", 0.5, 2, p95=9.0, mean=3.0, images_per_s=0.8),
-    fake_run("continuous", 0.5, 2, p95=3.0, mean=3.0, images_per_s=1.0),
+    fake_run("continuous-inline", 0.5, 2, p95=3.0, mean=3.0, images_per_s=1.0),
 ]
 
 
 def test_summaries_are_medians_over_rounds_with_every_rounds_value():
     found = {s["mode"]: s for s in summaries(RUNS)}
-    static, continuous = found["static"], found["continuous"]
+    static, continuous = found["static"], found["continuous-inline"]
     assert static["rounds_run"] == 3
     assert static["p95_latency_s"] == 5.0 and static["rounds"]["p95_latency_s"] == [4.0, 5.0, 9.0]
     assert continuous["images_per_s"] == 1.0 and continuous["rounds"]["images_per_s"] == [1.0, 1.2, 1.0]
@@ -144,14 +144,14 @@ def test_summaries_are_medians_over_rounds_with_every_rounds_value():
 
 def test_ratios_are_continuous_over_static_per_round_then_the_median():
     (entry,) = ratios(RUNS)
-    assert entry["load"] == 0.5 and entry["pair"] == "continuous/static"
+    assert entry["load"] == 0.5 and entry["pair"] == "continuous-inline/static"
     assert entry["p95_latency"] == {"median": pytest.approx(0.5), "rounds": [0.5, 0.6, 0.333]}
     assert entry["mean_latency"]["rounds"] == [0.5, 0.5, 1.0] and entry["mean_latency"]["median"] == 0.5
     assert entry["images_per_s"]["rounds"] == [1.0, 1.2, 1.25] and entry["images_per_s"]["median"] == 1.2
 
 
 def test_a_ratio_over_a_missing_figure_is_none():
-    runs = [fake_run("static", 0.8, 0, 1.0, 1.0, 1.0), fake_run("continuous", 0.8, 0, 1.0, 1.0, 1.0)]
+    runs = [fake_run("static", 0.8, 0, 1.0, 1.0, 1.0), fake_run("continuous-inline", 0.8, 0, 1.0, 1.0, 1.0)]
     runs[0]["p95_latency_s"] = None
     (entry,) = ratios(runs)
     assert entry["p95_latency"] == {"median": None, "rounds": [None]}
@@ -165,11 +165,14 @@ def test_markdown_has_every_load_mode_and_ratio_and_bench_report_dispatches_to_i
         "ratios": ratios(RUNS),
     }
     text = markdown(results)
-    assert "static 2.5 req/s, continuous 2.0 req/s" in text
+    assert "static 2.5 req/s, continuous-inline 2.0 req/s" in text
     assert "| 0.5 | static | 1.0 | 3.0 | 3.0 | 5.0 (4.0, 5.0, 9.0) | 0.1 (0.1, 0.1, 0.1) | 0.2 |" in text
-    assert "| 0.5 | continuous |" in text
+    assert "| 0.5 | continuous-inline |" in text
     assert "p95 s, 4 steps | p95 s, 16 steps |" in text
-    assert "| 0.5 | continuous/static | 0.5 (0.5, 0.6, 0.333) | 0.5 (0.5, 0.5, 1.0) | 1.2 (1.0, 1.2, 1.25) |" in text
+    assert (
+        "| 0.5 | continuous-inline/static | 0.5 (0.5, 0.6, 0.333) | 0.5 (0.5, 0.5, 1.0) | 1.2 (1.0, 1.2, 1.25) |"
+        in text
+    )
     assert all(line.startswith("|") for line in text.splitlines()[2:] if line)
     assert report_markdown(results) == text
 
