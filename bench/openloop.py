@@ -229,13 +229,16 @@ class GpuUtilization:
 
 def model_yamls(base: Path, args: argparse.Namespace) -> dict[str, dict]:
     """The model yamls: the base config at batchSize B and maxBatchDelay; continuous adds
-    ``continuousBatching: true``, ``handler.steps_per_call`` and ``handler.overlap_side_work``."""
+    ``continuousBatching: true``, its own maxBatchDelay, ``handler.steps_per_call`` and
+    ``handler.overlap_side_work``."""
     from bench.run import model_yaml
 
     static = model_yaml(base, args.batch_size, args.max_batch_delay, args.size, args.size, min(args.steps_mix))
     continuous = copy.deepcopy(static)
     continuous["continuousBatching"] = True
     continuous["handler"]["steps_per_call"] = args.steps_per_call
+    # Waiting to fill a batch only delays a lone arrival: later ones join at the next step anyway.
+    continuous["maxBatchDelay"] = args.continuous_max_batch_delay
     inline, overlap = copy.deepcopy(continuous), copy.deepcopy(continuous)
     inline["handler"]["overlap_side_work"] = False
     overlap["handler"]["overlap_side_work"] = True
@@ -402,6 +405,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-mix", type=ints, default=[4, 8, 16], help="step counts to draw from (default 4,8,16)")
     parser.add_argument("--batch-size", type=int, default=8, help="batchSize of both modes (default 8)")
     parser.add_argument("--max-batch-delay", type=int, default=50, help="maxBatchDelay, ms (default 50)")
+    parser.add_argument(
+        "--continuous-max-batch-delay",
+        type=int,
+        default=5,
+        help="maxBatchDelay of the continuous modes, ms (default 5; waited only when nothing is in flight)",
+    )
     parser.add_argument("--steps-per-call", type=int, default=1, help="continuous: steps per handler call (default 1)")
     parser.add_argument("--requests", type=int, default=32, help="requests per open-loop run (default 32)")
     parser.add_argument(

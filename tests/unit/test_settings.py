@@ -48,12 +48,26 @@ def test_tiny_yaml_values_reach_settings(tiny_settings):
         ({"warmup": {"width": 64}}, "handler.warmup must be a list"),
         ({"warmup": [{"width": 64, "hieght": 64}]}, "handler.warmup[]: unknown key(s) hieght"),
         ({"max_images_per_call": 2}, "max_images_per_call must be >= handler.limits.max_images_per_prompt"),
+        ({"steps_per_call": 0}, "handler.steps_per_call must be >= 1 but is 0"),
+        ({"overlap_side_work": 1}, "handler.overlap_side_work must be auto, true or false but is 1"),
+        ({"overlap_side_work": "yes"}, "handler.overlap_side_work must be auto, true or false but is 'yes'"),
     ],
 )
 def test_config_mistakes_fail_at_startup_with_the_key_named(section, message):
     with pytest.raises(ConfigError) as caught:
         HandlerSettings.from_yaml({"handler": section})
     assert message in str(caught.value)
+
+
+def test_continuous_mode_is_torchserves_own_key_and_overlap_resolves_per_device():
+    settings = HandlerSettings.from_yaml({"continuousBatching": True, "handler": {"steps_per_call": 2}})
+    assert settings.continuous and settings.steps_per_call == 2
+    assert not HandlerSettings.from_yaml({"handler": {}}).continuous
+    assert (settings.overlaps_side_work("cuda"), settings.overlaps_side_work("cpu")) == (True, False)
+    forced = HandlerSettings.from_yaml({"handler": {"overlap_side_work": True}})
+    assert forced.overlaps_side_work("cpu")
+    with pytest.raises(ConfigError, match="continuousBatching must be true or false but is 'yes'"):
+        HandlerSettings.from_yaml({"continuousBatching": "yes"})
 
 
 def _worst_case_png_base64_bytes(size: int) -> int:
