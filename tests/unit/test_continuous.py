@@ -312,3 +312,18 @@ def test_with_overlap_finishers_are_decoded_beside_the_steps_and_images_stay_the
     # A finisher may leave a call later than inline (its decode runs beside the next step), never earlier.
     assert all(a.calls[-1] >= b.calls[-1] for a, b in zip(overlapped, alone, strict=True))
     assert frontend.scheduler.flights == {}
+
+
+def test_several_steps_per_call_send_their_progress_events_in_one_chunk(tiny_loaded, tiny_settings):
+    settings = tiny_settings.with_changes(continuous=True, steps_per_call=2, overlap_side_work=False)
+    frontend = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings)))
+    response = frontend.submit({"prompt": "k2", "num_inference_steps": 5, "stream": True})
+    frontend.run_until_idle()
+
+    assert response.calls == [1, 2, 3]
+    assert [[json.loads(line).get("step") for line in chunk.splitlines()] for chunk in response.chunks] == [
+        [1, 2],
+        [3, 4],
+        [5, None],
+    ]
+    assert response.events()[-1]["batch"]["steps_per_call"] == 2
