@@ -16,7 +16,7 @@ from handler.torchserve_handler import StableDiffusionXLHandler
 class OneAtATimeHandler(StableDiffusionXLHandler):
     def inference(self, data: Batch, *args, **kwargs) -> Batch:
         for row, request in list(data.requests.items()):
-            single = self.service.run(
+            single = self.core.run(
                 replace(data, requests={row: request}, errors={}, images={}, timings={}, group_of={})
             )
             data.images.update(single.images)

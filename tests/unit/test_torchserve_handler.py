@@ -81,3 +81,16 @@ def test_continuous_mode_sets_a_stop_flag_for_every_row_on_every_call(tiny_model
     bodies = handler.handle([{}], second)
     assert [stop(None) for stop in second.stopping_criteria] == [True]
     assert json.loads(bodies[0])["batch"]["left_call"] == 2
+
+
+def test_the_benchmarks_one_at_a_time_baseline_runs_through_the_same_adapter(tiny_model_dir):
+    from bench.baseline_handler import OneAtATimeHandler
+
+    baseline = OneAtATimeHandler()
+    baseline.initialize(make_context(tiny_model_dir, 1))
+    context = make_context(tiny_model_dir, 2)
+    bodies = baseline.handle(
+        [{"body": b'{"prompt": "a", "seed": 1}'}, {"body": b'{"prompt": "b", "width": 1}'}], context
+    )
+    assert [context.get_response_status(i)[0] for i in range(2)] == [200, 400]
+    assert json.loads(bodies[0])["seeds"] == [1] and json.loads(bodies[0])["batch"]["groups"] == 1
