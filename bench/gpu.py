@@ -30,7 +30,7 @@ from handler.denoise import Denoiser
 from handler.generate import generate_group
 from handler.schema import parse_request
 from scripts.build_archive import build_archive
-from scripts.torchserve_control import TorchServe, free_port, write_config
+from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,9 +195,7 @@ def run(args: argparse.Namespace) -> dict:
         config = write_config(
             work / "config.properties",
             {
-                "inference_address": f"http://127.0.0.1:{free_port()}",
-                "management_address": f"http://127.0.0.1:{free_port()}",
-                "metrics_address": f"http://127.0.0.1:{free_port()}",
+                **loopback_addresses(),
                 "load_models": "stable-diffusion-xl",
             },
         )

@@ -32,7 +32,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import requests
-import yaml
 
 from bench.direct import bench_request
 from bench.loadgen import Sample, closed_loop
@@ -255,9 +254,8 @@ def timed_run(server, mode: str, steps: list[int], offsets: list[float], size: i
 
 def run(args: argparse.Namespace) -> dict:
     """Build, serve, measure capacity, run every (round, load, mode), write results.json and chart.png."""
-    from bench.run import machine_info
-    from scripts.build_archive import build_archive
-    from scripts.torchserve_control import TorchServe, free_port, write_config
+    from bench.run import build_variant, machine_info
+    from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,26 +293,14 @@ def run(args: argparse.Namespace) -> dict:
     store = work / "model_store"
     base_yaml = Path(args.config) if Path(args.config).is_file() else REPO_ROOT / "config" / args.config
     for mode, config in model_yamls(base_yaml, args).items():
-        if mode not in args.modes:
-            continue
-        yaml_path = work / f"{mode}.yaml"
-        yaml_path.write_text(yaml.safe_dump(config))
-        build_archive(
-            str(model_dir),
-            config=yaml_path,
-            export_path=store,
-            archive_format="no-archive",
-            model_name=mode,
-            build_dir=work / "build",
-        )
+        if mode in args.modes:
+            build_variant(model_dir, config, mode, work)
 
     # 2. One TorchServe with both loaded (an idle worker costs no CPU).
     properties = write_config(
         work / "config.properties",
         {
-            "inference_address": f"http://127.0.0.1:{free_port()}",
-            "management_address": f"http://127.0.0.1:{free_port()}",
-            "metrics_address": f"http://127.0.0.1:{free_port()}",
+            **loopback_addresses(),
             "load_models": ",".join(args.modes),
         },
     )

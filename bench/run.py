@@ -35,7 +35,7 @@ from bench.loadgen import Sample, closed_loop, summarize
 from handler.loading import load_pipeline
 from handler.settings import HandlerSettings
 from scripts.build_archive import build_archive
-from scripts.torchserve_control import TorchServe, free_port, write_config
+from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINE_HANDLER = REPO_ROOT / "bench" / "baseline_handler.py"
@@ -146,6 +146,21 @@ def model_yaml(base: Path, batch_size: int, max_batch_delay: int, width: int, he
     return config
 
 
+def build_variant(model_dir: Path, config: dict, name: str, work: Path, handler_file: Path | None = None) -> None:
+    """A no-archive model ``name`` in ``work/model_store`` serving ``model_dir`` with the model yaml ``config``."""
+    yaml_path = work / f"{name}.yaml"
+    yaml_path.write_text(yaml.safe_dump(config))
+    build_archive(
+        str(model_dir),
+        config=yaml_path,
+        export_path=work / "model_store",
+        archive_format="no-archive",
+        model_name=name,
+        build_dir=work / "build",
+        handler_file=handler_file,
+    )
+
+
 def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,25 +214,14 @@ def run(args: argparse.Namespace) -> dict:
         ("mixed-baseline-b4", "mixed-baseline", 4, mixed_body_for),
     ]
     for name, kind, batch_size, _ in models:
-        yaml_path = work / f"{name}.yaml"
-        yaml_path.write_text(yaml.safe_dump(model_yaml(base_yaml, batch_size, args.max_batch_delay, size, size, steps)))
-        build_archive(
-            str(model_dir),
-            config=yaml_path,
-            export_path=store,
-            archive_format="no-archive",
-            model_name=name,
-            build_dir=work / "build",
-            handler_file=BASELINE_HANDLER if "baseline" in kind else None,
-        )
+        config = model_yaml(base_yaml, batch_size, args.max_batch_delay, size, size, steps)
+        build_variant(model_dir, config, name, work, BASELINE_HANDLER if "baseline" in kind else None)
 
     # 3. One TorchServe with every variant loaded (idle workers cost no CPU), and the same pipeline in-process.
     config = write_config(
         work / "config.properties",
         {
-            "inference_address": f"http://127.0.0.1:{free_port()}",
-            "management_address": f"http://127.0.0.1:{free_port()}",
-            "metrics_address": f"http://127.0.0.1:{free_port()}",
+            **loopback_addresses(),
             "load_models": ",".join(name for name, *_ in models),
         },
     )

@@ -194,11 +194,11 @@ class ContinuousScheduler:
         )
         return replies
 
-    def metrics(self, call: Call, replies: list[Reply], gpu_memory_bytes: int | None) -> list[Observation]:
+    def metrics(self, call: Call, replies: list[Reply]) -> list[Observation]:
         finals = {
             row: (call.flights[row].request if row in call.flights else None, r) for row, r in call.finals.items()
         }
-        return call_metrics(call.size, finals, call.timings, call.disconnected, gpu_memory_bytes)
+        return call_metrics(call.size, finals, call.timings, call.disconnected, self.service.gpu_memory_bytes())
 
     # -- side work: finishers ----------------------------------------------------------------------
 

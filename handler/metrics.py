@@ -107,9 +107,9 @@ def call_metrics(
     Args:
         size (`int`): rows in the call.
         finals (`dict[int, tuple]`): per row that ENDS in this call, (its request or None, its ordinary reply).
+        timings (`dict`): per successful row, stage -> milliseconds (with "total").
         disconnected (`int`, defaults to 0): requests dropped because their client went away.
         gpu_memory_bytes (`int`, defaults to None): None on the CPU.
-        timings (`dict`): per successful row, stage -> milliseconds (with "total").
     """
     observations = [Observation(BATCH, size, {})]
     for row, (request, reply) in finals.items():

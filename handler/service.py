@@ -147,8 +147,8 @@ class SDXLService:
         )
         return replies
 
-    def metrics(self, batch: Batch, replies: list[Reply], gpu_memory_bytes: int | None) -> list[Observation]:
-        return batch_metrics(batch, replies, gpu_memory_bytes)
+    def metrics(self, batch: Batch, replies: list[Reply]) -> list[Observation]:
+        return batch_metrics(batch, replies, self.gpu_memory_bytes())
 
     def gpu_memory_bytes(self) -> int | None:
         """Memory held by PyTorch tensors on this pipeline's GPU; None on the CPU."""

@@ -61,8 +61,7 @@ class StableDiffusionXLHandler(BaseHandler):
     def _record_metrics(self, batch: Any, replies: list[Reply]) -> None:
         """Forward the call's metrics (declared in config/metrics.yaml) to TorchServe; never fail a batch."""
         try:
-            service = self.core.service if isinstance(self.core, ContinuousScheduler) else self.core
-            for observation in self.core.metrics(batch, replies, service.gpu_memory_bytes()):
+            for observation in self.core.metrics(batch, replies):
                 spec = observation.spec
                 dimensions = [Dimension(name, value) for name, value in observation.labels.items()]
                 self.context.metrics.add_metric(

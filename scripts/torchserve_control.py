@@ -38,6 +38,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def loopback_addresses() -> dict[str, str]:
+    """config.properties keys putting every TorchServe listener on a free 127.0.0.1 port (gRPC included:
+    7070/7071 by default, so servers side by side need their own)."""
+    return {
+        "inference_address": f"http://127.0.0.1:{free_port()}",
+        "management_address": f"http://127.0.0.1:{free_port()}",
+        "metrics_address": f"http://127.0.0.1:{free_port()}",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
+    }
+
+
 def read_properties(path: Path) -> dict[str, str]:
     values = {}
     for line in path.read_text().splitlines():
@@ -153,11 +165,12 @@ class TorchServe:
         model: str = MODEL_NAME,
         timeout: float = 300,
         headers: dict[str, str] | None = None,
+        stream: bool = False,
     ) -> requests.Response:
         url = f"{self.inference_url}/predictions/{model}"
         all_headers = {"Content-Type": "application/json", **self.headers("inference"), **(headers or {})}
         data = json.dumps(body) if isinstance(body, dict) else body
-        return requests.post(url, data=data, headers=all_headers, timeout=timeout)
+        return requests.post(url, data=data, headers=all_headers, timeout=timeout, stream=stream)
 
     def describe(self, model: str = MODEL_NAME) -> list[dict]:
         response = requests.get(f"{self.management_url}/models/{model}", headers=self.headers("management"), timeout=10)

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from scripts.build_archive import build_archive
-from scripts.torchserve_control import REPO_ROOT, TorchServe, free_port, write_config
+from scripts.torchserve_control import REPO_ROOT, TorchServe, loopback_addresses, write_config
 
 
 def pytest_collection_modifyitems(items):
@@ -46,11 +46,9 @@ def soak(server, clients: int, seconds: float, abandon_every: int = 0) -> None:
     """``clients`` clients send mixed requests for ``seconds``; each answer must be exactly its own request's,
     and the worker's RSS may not grow by more than 150 MB. With ``abandon_every`` N, every Nth request is
     streamed and its client disconnects after the first event."""
-    import json
     import threading
 
     import psutil
-    import requests
 
     worker = psutil.Process(server.worker_pids()[0])
     for i in range(4):  # settle allocator caches before measuring growth
@@ -65,13 +63,7 @@ def soak(server, clients: int, seconds: float, abandon_every: int = 0) -> None:
                 n = next(counter)
             body = {"prompt": f"soak request {n}", "seed": 1000 + n, "num_inference_steps": 2 + n % 3}
             if abandon_every and n % abandon_every == abandon_every - 1:
-                response = requests.post(
-                    f"{server.inference_url}/predictions/{server_model_name()}",
-                    data=json.dumps({**body, "stream": True, "num_inference_steps": 30}),
-                    headers={"Content-Type": "application/json", **server.headers()},
-                    stream=True,
-                    timeout=300,
-                )
+                response = server.predict({**body, "stream": True, "num_inference_steps": 30}, stream=True)
                 next(response.iter_lines())
                 response.close()
                 abandoned.append(n)
@@ -97,24 +89,10 @@ def soak(server, clients: int, seconds: float, abandon_every: int = 0) -> None:
     assert growth_mb < 150, f"worker RSS grew {growth_mb:.1f} MB over the soak"
 
 
-def server_model_name() -> str:
-    from scripts.torchserve_control import MODEL_NAME
-
-    return MODEL_NAME
-
-
 def start_server(workdir, model_store, **overrides) -> TorchServe:
     config = write_config(
         workdir / "config.properties",
-        {
-            "inference_address": f"http://127.0.0.1:{free_port()}",
-            "management_address": f"http://127.0.0.1:{free_port()}",
-            "metrics_address": f"http://127.0.0.1:{free_port()}",
-            # TorchServe also opens gRPC ports (7070/7071 by default): parallel servers need their own.
-            "grpc_inference_port": str(free_port()),
-            "grpc_management_port": str(free_port()),
-            **overrides,
-        },
+        {**loopback_addresses(), **overrides},
     )
     server = TorchServe(workdir=workdir, config=config, model_store=model_store)
     server.start()

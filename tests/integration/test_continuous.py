@@ -19,18 +19,11 @@ import requests
 from PIL import Image
 
 from handler.service import SDXLService
-from scripts.torchserve_control import MODEL_NAME
 from tests.integration.conftest import soak
 
 
 def post(server, body: dict, headers: dict | None = None, stream: bool = False) -> requests.Response:
-    return requests.post(
-        f"{server.inference_url}/predictions/{MODEL_NAME}",
-        data=json.dumps(body),
-        headers={"Content-Type": "application/json", **server.headers(), **(headers or {})},
-        stream=stream,
-        timeout=300,
-    )
+    return server.predict(body, headers=headers, stream=stream)
 
 
 def started_stream(server, body: dict) -> tuple[requests.Response, object, dict]:

@@ -11,18 +11,11 @@ import sys
 import requests
 from PIL import Image
 
-from scripts.torchserve_control import MODEL_NAME
 from tests.integration.conftest import while_worker_is_busy
 
 
 def post(server, body: dict, headers: dict | None = None, stream: bool = False) -> requests.Response:
-    return requests.post(
-        f"{server.inference_url}/predictions/{MODEL_NAME}",
-        data=json.dumps(body),
-        headers={"Content-Type": "application/json", **server.headers(), **(headers or {})},
-        stream=stream,
-        timeout=300,
-    )
+    return server.predict(body, headers=headers, stream=stream)
 
 
 def streamed(server, body: dict) -> tuple[requests.Response, list[dict]]:

@@ -288,7 +288,7 @@ def test_metrics_count_each_request_once_when_it_ends(frontend):
     for rows, ids in (([row(prompt="a", num_inference_steps=2)], ["x"]), ([{}], ["x"])):
         call = scheduler.run(scheduler.parse(rows, [None], ids))
         replies = scheduler.render(call)
-        observed.append({o.spec.name: o.labels for o in scheduler.metrics(call, replies, None)})
+        observed.append({o.spec.name: o.labels for o in scheduler.metrics(call, replies)})
     assert "sdxl_requests_total" not in observed[0]
     assert observed[1]["sdxl_requests_total"] == {"Outcome": "ok"}
 
