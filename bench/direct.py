@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from handler.denoise import Denoiser
-from handler.generate import generate_group
+from handler.engine import Engine
 from handler.loading import LoadedPipeline
 from handler.schema import GenerationRequest
+from handler.side_work import SideWorker
+
+
+def direct_engine(pipeline, device: torch.device, max_images_per_call: int = 64) -> Engine:
+    """The handler's own engine with nothing around it: no server, no image encoding, no side thread."""
+    return Engine(Denoiser(pipeline, device), max_images_per_call, SideWorker(device, overlap=False))
 
 
 def bench_request(index: int, width: int, height: int, steps: int) -> dict:
@@ -39,14 +47,14 @@ def as_request(body: dict, guidance_scale: float) -> GenerationRequest:
 
 def run_direct(loaded: LoadedPipeline, batch_size: int, total: int, body_for, guidance_scale: float) -> dict:
     """Generate ``total`` images in pipeline calls of ``batch_size``; one warmup call is not counted."""
-    denoiser = Denoiser(loaded.pipeline, loaded.device)
+    engine = direct_engine(loaded.pipeline, loaded.device, max(batch_size, 1))
     requests = [as_request(body_for(i), guidance_scale) for i in range(total)]
-    generate_group(denoiser, requests[:batch_size])
+    engine.generate(requests[:batch_size])
     calls = []
     started = time.perf_counter()
     for start in range(0, total, batch_size):
         call_started = time.perf_counter()
-        generate_group(denoiser, requests[start : start + batch_size])
+        engine.generate(requests[start : start + batch_size])
         calls.append(time.perf_counter() - call_started)
     wall = time.perf_counter() - started
     return {

@@ -22,12 +22,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.direct import bench_request
+from bench.direct import bench_request, direct_engine
 from bench.full_sdxl import build_full_size_pipeline, tflop_per_image
 from bench.loadgen import closed_loop, summarize
 from bench.run import machine_info, served_sender
-from handler.denoise import Denoiser
-from handler.generate import generate_group
 from handler.schema import parse_request
 from scripts.build_archive import build_archive
 from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
@@ -54,15 +52,15 @@ def set_attention(pipeline, attention: str) -> None:
 
 def time_direct(pipeline, device: str, batch: int, steps: int, size: int, calls: int, peak_tflops: float) -> dict:
     """Warm once, then ``calls`` timed calls of ``batch`` images through the handler's own denoiser."""
-    denoiser = Denoiser(pipeline, torch.device(device))
+    engine = direct_engine(pipeline, torch.device(device), batch)
     requests = [parse_request({**bench_request(i, size, size, steps), "guidance_scale": 5.0}) for i in range(batch)]
-    generate_group(denoiser, requests)
+    engine.generate(requests)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     for _ in range(calls):
-        generate_group(denoiser, requests)
+        engine.generate(requests)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     seconds_per_image = (time.perf_counter() - started) / (calls * batch)

@@ -20,6 +20,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import ConfigError, NonFiniteImage
 from .schema import GenerationRequest
+from .stages import Stage
 
 
 def image_seeds(request: GenerationRequest) -> list[int]:
@@ -38,8 +39,10 @@ class RequestState:
     time_ids: torch.Tensor  # (rows, 6)
     latents: torch.Tensor  # (images, C, h, w)
     scheduler: Any
-    generators: list[torch.Generator]
+    generators: list[torch.Generator]  # one per image, seeded seed + i
+    step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step()
     step: int = 0
+    forwards: int = 0  # UNet forwards it took part in
     started: float = field(default_factory=time.perf_counter)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -55,9 +58,32 @@ class RequestState:
     def images(self) -> int:
         return self.request.num_images_per_prompt
 
+    @property
+    def unet_rows(self) -> int:
+        """Rows this request adds to a UNet batch (guidance doubles them)."""
+        return self.images * (2 if self.guidance else 1)
+
+
+def scheduler_step_kwargs(scheduler: Any, generators: list[torch.Generator], eta: float | None = None) -> dict:
+    """What THIS scheduler's ``step`` takes, decided per request: the whole per-image generator list (a
+    sampler that draws noise while it steps, e.g. Euler ancestral, then gives image i the noise of seed + i)
+    and ``eta`` where the sampler has one and the request sets it."""
+    parameters = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "generator" in parameters:
+        kwargs["generator"] = generators
+    if eta is not None and "eta" in parameters:
+        kwargs["eta"] = eta
+    return kwargs
+
 
 class Denoiser:
-    """Starts, steps and decodes requests on one SDXL pipeline."""
+    """Starts, steps and decodes requests on one SDXL pipeline.
+
+    :meth:`start` prepares a request through small named seams, each the one place a feature plugs in:
+    :meth:`encode_conditioning` (prompts, micro-conditioning), :meth:`make_scheduler` (the sampler),
+    :meth:`set_timesteps` (step count, strength), :meth:`initial_latents` (noise, an init image).
+    """
 
     def __init__(self, pipeline: Any, device: torch.device, memory_ceiling_latent_pixels: int | None = None):
         """
@@ -72,21 +98,44 @@ class Denoiser:
             raise ConfigError("guidance-distilled UNets (time_cond_proj_dim) are not supported")
         self.pipeline = pipeline
         self.device = device
-        step_parameters = inspect.signature(pipeline.scheduler.step).parameters
-        self._scheduler_takes_generator = "generator" in step_parameters
 
-    def uses_guidance(self, guidance_scale: float) -> bool:
+    def uses_guidance(self, request: GenerationRequest) -> bool:
         """The pipeline's rule: classifier-free guidance only above 1."""
-        return guidance_scale > 1
+        return request.guidance_scale > 1
 
     @torch.inference_mode()
     def start(self, request: GenerationRequest) -> RequestState:
-        """Encode the prompts, draw the seeded noise and set up this request's own scheduler."""
-        pipe, started = self.pipeline, time.perf_counter()
-        guidance = self.uses_guidance(request.guidance_scale)
-        images = request.num_images_per_prompt
+        """Prepare one request: conditioning, its own scheduler and timesteps, seeded generators, latents."""
+        started = time.perf_counter()
+        guidance = self.uses_guidance(request)
+        embeds, pooled, time_ids = self.encode_conditioning(request, guidance)
+        scheduler = self.make_scheduler(request)
+        self.set_timesteps(scheduler, request)
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(request)]
+        state = RequestState(
+            request=request,
+            guidance=guidance,
+            embeds=embeds,
+            pooled=pooled,
+            time_ids=time_ids,
+            latents=self.initial_latents(request, scheduler, generators, embeds.dtype),
+            scheduler=scheduler,
+            generators=generators,
+            step_kwargs=scheduler_step_kwargs(scheduler, generators),
+            started=started,
+        )
+        state.timings_ms[Stage.ENCODE_PROMPT] = (time.perf_counter() - started) * 1000
+        return state
 
-        # 1. Prompts, alone: the text encoders never see batch-mates. Empty negative = zero embeddings.
+    # -- the per-request seams ----------------------------------------------------------------------
+
+    def encode_conditioning(
+        self, request: GenerationRequest, guidance: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompt embeddings, pooled embeddings and SDXL's time ids, rows ``[negative..., positive...]``
+        with guidance. The text encoders see this request alone; an empty negative prompt gives zero
+        embeddings (the pipeline's rule)."""
+        pipe, images = self.pipeline, request.num_images_per_prompt
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             prompt=request.prompt,
             prompt_2=request.prompt_2,
@@ -96,46 +145,46 @@ class Denoiser:
             negative_prompt=request.negative_prompt or None,
             negative_prompt_2=request.negative_prompt_2 or None,
         )
-        time_ids = pipe._get_add_time_ids(
-            (request.height, request.width),
-            (0, 0),
-            (request.height, request.width),
-            dtype=embeds.dtype,
-            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
-        ).repeat(images, 1)
+        time_ids = self.micro_conditioning(request, embeds.dtype).repeat(images, 1)
         if guidance:
             embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
             time_ids = torch.cat([time_ids, time_ids])
+        return embeds.to(self.device), pooled.to(self.device), time_ids.to(self.device)
 
-        # 2. Its own scheduler, so it can sit at any step whatever the others do.
-        scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    def micro_conditioning(self, request: GenerationRequest, dtype: torch.dtype) -> torch.Tensor:
+        """SDXL's size conditioning (original size, crop corner, target size), as the pipeline's defaults."""
+        size = (request.height, request.width)
+        return self.pipeline._get_add_time_ids(
+            size,
+            (0, 0),
+            size,
+            dtype=dtype,
+            text_encoder_projection_dim=self.pipeline.text_encoder_2.config.projection_dim,
+        )
+
+    def make_scheduler(self, request: GenerationRequest) -> Any:
+        """A scheduler of this request's own, built from the pipeline's config (never the shared one), so it
+        can sit at any step whatever the others do."""
+        return type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
+
+    def set_timesteps(self, scheduler: Any, request: GenerationRequest) -> None:
         scheduler.set_timesteps(request.num_inference_steps, device=self.device)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
 
-        # 3. Noise: one CPU generator per image (the same noise on any device).
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(request)]
+    def initial_latents(
+        self, request: GenerationRequest, scheduler: Any, generators: list[torch.Generator], dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Seeded noise, one CPU generator per image (the same noise on any device), at the first sigma."""
+        pipe = self.pipeline
         shape = (
-            images,
+            request.num_images_per_prompt,
             pipe.unet.config.in_channels,
             request.height // pipe.vae_scale_factor,
             request.width // pipe.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=embeds.dtype)
-        latents = latents * scheduler.init_noise_sigma
-        state = RequestState(
-            request=request,
-            guidance=guidance,
-            embeds=embeds.to(self.device),
-            pooled=pooled.to(self.device),
-            time_ids=time_ids.to(self.device),
-            latents=latents,
-            scheduler=scheduler,
-            generators=generators,
-            started=started,
-        )
-        state.timings_ms["encode_prompt"] = (time.perf_counter() - started) * 1000
-        return state
+        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=dtype)
+        return latents * scheduler.init_noise_sigma
 
     @torch.inference_mode()
     def step(self, states: list[RequestState]) -> None:
@@ -145,9 +194,8 @@ class Denoiser:
         for state in states:
             t = state.scheduler.timesteps[state.step]
             scaled = state.scheduler.scale_model_input(state.latents, t)
-            copies = 2 if state.guidance else 1
-            inputs.append(torch.cat([scaled] * copies))
-            timesteps.append(t.expand(state.images * copies))
+            inputs.append(torch.cat([scaled] * (2 if state.guidance else 1)))
+            timesteps.append(t.expand(state.unet_rows))
         batch_input = torch.cat(inputs)
         if self.memory_ceiling_latent_pixels is not None:
             pixels = batch_input.shape[0] * batch_input.shape[-2] * batch_input.shape[-1]
@@ -168,16 +216,17 @@ class Denoiser:
         # 2. Each state takes its rows back, applies its own guidance and steps its own scheduler.
         start = 0
         for state in states:
-            rows = state.images * (2 if state.guidance else 1)
-            prediction = noise[start : start + rows]
-            start += rows
+            prediction = noise[start : start + state.unet_rows]
+            start += state.unet_rows
             if state.guidance:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + state.request.guidance_scale * (cond - uncond)
-            extra = {"generator": state.generators[0]} if self._scheduler_takes_generator else {}
             t = state.scheduler.timesteps[state.step]
-            state.latents = state.scheduler.step(prediction, t, state.latents, **extra, return_dict=False)[0]
+            state.latents = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)[
+                0
+            ]
             state.step += 1
+            state.forwards += 1
 
     def free_memory(self) -> None:
         """Release what an aborted call left behind (cached CUDA blocks, unreferenced tensors)."""

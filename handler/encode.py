@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -33,6 +34,35 @@ def encode_image(image: Any, output_format: str, settings: HandlerSettings) -> b
     else:
         raise ValueError(f"unsupported output format {output_format!r}")
     return buffer.getvalue()
+
+
+def encode_many(
+    images: dict[Any, tuple[Any, list[Any]]], settings: HandlerSettings
+) -> dict[Any, list[bytes] | Exception]:
+    """Encode the images of several requests (key -> (request, PIL images)) at once, in the request's
+    ``output_format``. Pillow's encoders release the GIL, so threads run them in parallel (a 1024 px PNG takes
+    ~0.1-0.3 s, comparable to a GPU step). A failure stays with its key."""
+    jobs = [(key, request, image) for key, (request, pictures) in images.items() for image in pictures]
+
+    def encode(job: tuple[Any, Any, Any]) -> bytes | Exception:
+        _, request, image = job
+        try:
+            return encode_image(image, request.output_format, settings)
+        except Exception as exc:  # reported as this request's error
+            return exc
+
+    if len(jobs) > 1 and settings.encode_threads > 1:
+        with ThreadPoolExecutor(min(len(jobs), settings.encode_threads)) as pool:
+            results = list(pool.map(encode, jobs))
+    else:
+        results = [encode(job) for job in jobs]
+    encoded: dict[Any, list[bytes] | Exception] = {key: [] for key in images}
+    for (key, _, _), result in zip(jobs, results, strict=True):
+        if isinstance(result, Exception):
+            encoded[key] = result
+        elif isinstance(encoded[key], list):
+            encoded[key].append(result)
+    return encoded
 
 
 def json_body(encoded_images: list[bytes], output_format: str, document: dict[str, Any]) -> bytes:
@@ -80,3 +110,13 @@ def preview_event(state: Any) -> bytes:
         latent_preview(latents).save(buffer, format="JPEG", quality=70)
         previews.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
     return event_line({"event": "preview", "step": state.step, "content_type": "image/jpeg", "images": previews})
+
+
+def step_events(state: Any) -> bytes:
+    """What a streamed request hears after a step: its progress, and a preview every ``preview_every`` steps
+    (none after the last step: the result follows)."""
+    lines = [progress_event(state)]
+    every = state.request.preview_every
+    if every and state.step % every == 0 and not state.finished:
+        lines.append(preview_event(state))
+    return b"".join(lines)

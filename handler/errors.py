@@ -1,13 +1,11 @@
 """Typed serving errors and the ONE place that maps any exception to an HTTP status and JSON body.
 
-Every failure a client can see goes through :func:`error_reply`, so the adapter, the tests and the docs
+Every failure a client can see goes through :func:`as_serving_error`, so the adapters, the tests and the docs
 agree on codes: invalid input -> 400, out of memory -> 507, time budget -> 504, anything else -> 500.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -58,46 +56,30 @@ class ConfigError(Exception):
     """The model yaml's ``handler:`` section is wrong. Raised at startup, never per request."""
 
 
-@dataclass
-class Reply:
-    """One row's answer: what the adapter hands TorchServe for that row."""
-
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    phrase: str = "OK"
-    headers: dict[str, str] = field(default_factory=dict)
-    # Continuous batching only: TorchServe's stopping criterion for this row. None: an ordinary response;
-    # False: a chunk, more follow; True: the last chunk of a response whose first chunk went out earlier.
-    stop: bool | None = None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, (MemoryError, torch.OutOfMemoryError))
 
 
-def error_reply(exc: BaseException) -> Reply:
-    """Map an exception to its reply. Unknown exceptions become 500 with their type and message."""
+def as_serving_error(exc: BaseException) -> ServingError:
+    """THE mapping of any exception to a client-visible error: typed errors keep their status, running out of
+    memory is 507, anything else 500 with its type and message."""
     if isinstance(exc, ServingError):
-        error = exc
-    elif is_out_of_memory(exc):
-        error = OutOfMemory(f"out of memory while generating: {exc}")
-    else:
-        error = ServingError(f"generation failed: {type(exc).__name__}: {exc}")
-    body: dict[str, Any] = {"code": error.status, "type": type(error).__name__, "message": error.message}
+        return exc
+    if is_out_of_memory(exc):
+        return OutOfMemory(f"out of memory while generating: {exc}")
+    return ServingError(f"generation failed: {type(exc).__name__}: {exc}")
+
+
+def error_document(exc: BaseException) -> dict[str, Any]:
+    """``{"code", "type", "message"[, "field", "value"]}`` for any exception (see :func:`as_serving_error`)."""
+    error = as_serving_error(exc)
+    document: dict[str, Any] = {"code": error.status, "type": type(error).__name__, "message": error.message}
     if error.field is not None:
-        body["field"] = error.field
-        body["value"] = _jsonable(error.value)
-    return Reply(
-        status=error.status,
-        phrase=error.phrase,
-        body=json.dumps({"error": body}).encode(),
-    )
+        document["field"] = error.field
+        document["value"] = _jsonable(error.value)
+    return document
 
 
 def _jsonable(value: Any) -> Any:
@@ -110,3 +92,14 @@ def _jsonable(value: Any) -> Any:
         return value if value == value and abs(value) != float("inf") else repr(value)
     text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Every error type a client can receive (metrics create their series at zero for each).
+CLIENT_VISIBLE_ERRORS = (
+    InvalidRequest,
+    ResponseTooLarge,
+    TimeBudgetExceeded,
+    NonFiniteImage,
+    OutOfMemory,
+    ServingError,
+)

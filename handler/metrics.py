@@ -3,13 +3,15 @@
 TorchServe exposes a handler metric on ``/metrics`` (prometheus mode) only when its name, type, unit and
 dimensions are declared in the ``model_metrics`` section of the server's metrics config:
 ``config/metrics.yaml`` carries TorchServe's defaults plus :func:`model_metrics_config` (a test keeps the
-two in sync). The adapter forwards :func:`batch_metrics` to ``context.metrics``; nothing here imports ts.
+two in sync). The adapter forwards :func:`call_metrics` to ``context.metrics``; nothing here imports ts.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from .stages import Stage
 
 # TorchServe appends these two dimensions to every model metric (and Hostname on the frontend side).
 DEFAULT_DIMENSIONS = ("ModelName", "Level")
@@ -65,11 +67,12 @@ GPU_MEMORY = MetricSpec(
 METRICS = (LATENCY, STAGE, IMAGES, REQUESTS, REJECTED, BATCH, GPU_MEMORY)
 
 STAGES = {
-    "encode_prompt": "text_encoding",
-    "denoise": "denoising",
-    "vae_decode": "vae_decode",
-    "encode_image": "image_encoding",
+    Stage.ENCODE_PROMPT: "text_encoding",
+    Stage.DENOISE: "denoising",
+    Stage.VAE_DECODE: "vae_decode",
+    Stage.ENCODE_IMAGE: "image_encoding",
 }
+OUTCOMES = ("ok", "client_error", "server_error", "disconnected")
 
 
 @dataclass(frozen=True)
@@ -89,16 +92,9 @@ def model_metrics_config() -> dict[str, list[dict[str, Any]]]:
     return section
 
 
-def batch_metrics(batch: Any, replies: list[Any], gpu_memory_bytes: int | None = None) -> list[Observation]:
-    """What one static handler call adds to the metrics, from its Batch and its replies (in row order)."""
-    finals = {row: (batch.requests.get(row), reply) for row, reply in enumerate(replies)}
-    return call_metrics(batch.size, finals, batch.timings, gpu_memory_bytes=gpu_memory_bytes)
-
-
 def call_metrics(
     size: int,
-    finals: dict[int, tuple[Any, Any]],
-    timings: dict[int, dict[str, float]],
+    ended: dict[int, tuple[Any, Any, dict[str, float]]],
     disconnected: int = 0,
     gpu_memory_bytes: int | None = None,
 ) -> list[Observation]:
@@ -106,32 +102,25 @@ def call_metrics(
 
     Args:
         size (`int`): rows in the call.
-        finals (`dict[int, tuple]`): per row that ENDS in this call, (its request or None, its ordinary reply).
-        timings (`dict`): per successful row, stage -> milliseconds (with "total").
+        ended (`dict[int, tuple]`): per row that ENDS in this call, (its request or None, its ordinary
+            :class:`~handler.replies.Reply`, its stage timings in ms with "total").
         disconnected (`int`, defaults to 0): requests dropped because their client went away.
         gpu_memory_bytes (`int`, defaults to None): None on the CPU.
     """
     observations = [Observation(BATCH, size, {})]
-    for row, (request, reply) in finals.items():
-        error_type = _error_type(reply)
-        if error_type is None:
-            stage_ms = timings[row]
-            observations.append(
-                Observation(
-                    LATENCY, stage_ms["total"] / 1000 / DEKASECONDS, {"Steps": str(request.num_inference_steps)}
-                )
-            )
-            observations.append(Observation(IMAGES, request.num_images_per_prompt, {}))
-            observations += [
-                Observation(STAGE, stage_ms[key] / 1000 / DEKASECONDS, {"Stage": stage})
-                for key, stage in STAGES.items()
-                if key in stage_ms
-            ]
-            observations.append(Observation(REQUESTS, 1, {"Outcome": "ok"}))
-        else:
-            code = error_type[1]
-            observations.append(Observation(REJECTED, 1, {"Reason": error_type[0]}))
-            observations.append(Observation(REQUESTS, 1, {"Outcome": "client_error" if code < 500 else "server_error"}))
+    for request, reply, stage_ms in ended.values():
+        observations.append(Observation(REQUESTS, 1, {"Outcome": reply.outcome}))
+        if reply.error is not None:
+            observations.append(Observation(REJECTED, 1, {"Reason": reply.error}))
+            continue
+        steps = str(request.num_inference_steps)
+        observations.append(Observation(LATENCY, stage_ms[Stage.TOTAL] / 1000 / DEKASECONDS, {"Steps": steps}))
+        observations.append(Observation(IMAGES, request.num_images_per_prompt, {}))
+        observations += [
+            Observation(STAGE, stage_ms[key] / 1000 / DEKASECONDS, {"Stage": stage})
+            for key, stage in STAGES.items()
+            if key in stage_ms
+        ]
     if disconnected:
         observations.append(Observation(REQUESTS, disconnected, {"Outcome": "disconnected"}))
     if gpu_memory_bytes is not None:
@@ -139,15 +128,13 @@ def call_metrics(
     return observations
 
 
-def _error_type(reply: Any) -> tuple[str, int] | None:
-    """(type, code) of an error reply, including a stream's final error event; None for a success."""
-    if reply.status >= 400:
-        error = reply.json()["error"]
-        return error["type"], error["code"]
-    if reply.content_type == "application/x-ndjson" and reply.body.startswith(b'{"event":"error"'):
-        event = reply.json()
-        return event["type"], event["code"]
-    return None
+def startup_observations(error_types: tuple[str, ...]) -> list[Observation]:
+    """Zero increments that create every outcome and error series at startup, so rate() and alerts see a 0
+    before the first failure instead of no series at all."""
+    observations = [Observation(REQUESTS, 0, {"Outcome": outcome}) for outcome in OUTCOMES]
+    observations += [Observation(REJECTED, 0, {"Reason": name}) for name in error_types]
+    observations.append(Observation(IMAGES, 0, {}))
+    return observations
 
 
 if __name__ == "__main__":

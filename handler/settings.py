@@ -53,11 +53,11 @@ class HandlerSettings:
         steps_per_call (`int`, defaults to 1): continuous batching only: denoising steps every in-flight
             request advances per handler call. More steps per call cost less per-call overhead but make
             joiners wait longer for the next step boundary and send progress less often.
-        overlap_side_work (`bool` or "auto", defaults to "auto"): continuous batching only: finishers' VAE
-            decode + image encoding run on a side thread (and CUDA stream) beside the shared denoising steps,
-            instead of inside them where every request in flight waits for them. "auto" is on for CUDA and off
+        overlap_side_work (`bool` or "auto", defaults to "auto"): finishers' VAE decode + image encoding run
+            on a side thread (and CUDA stream) beside the shared denoising steps, instead of inside them where
+            every request still denoising waits for them. "auto" is on for CUDA and off
             on a CPU, where the side thread competes with the steps for the same cores (measured: worse).
-        continuous (`bool`, defaults to False): step-level continuous batching (:mod:`handler.continuous`).
+        continuous (`bool`, defaults to False): step-level continuous batching (:mod:`handler.core`).
             Not a ``handler:`` key: it is TorchServe's own top-level ``continuousBatching`` key, so the
             frontend and the handler cannot disagree about the mode.
         memory_ceiling_latent_pixels (`int`, defaults to None): fault injection: a UNet forward over more

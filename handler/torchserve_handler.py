@@ -1,11 +1,10 @@
 """TorchServe adapter: the only module that imports ``ts``.
 
-It wires BaseHandler's stages to the serving core: :class:`handler.service.SDXLService` (static batching) or,
-when the model yaml sets ``continuousBatching: true``, :class:`handler.continuous.ContinuousScheduler`. It
-reports each row's own status and headers through the context (so one bad request never fails its
-batch-mates), sends static mode's stream chunks with TorchServe's intermediate responses, and gives
-continuous mode's per-row stop flags to TorchServe as ``context.stopping_criteria``. Archived as the model's
-``--handler``; TorchServe requires exactly one class defined here.
+It wires BaseHandler's stages to the serving core (:class:`handler.core.Core`, in whichever batching mode the
+model yaml names), reports each row's own status and headers through the context (so one bad request never
+fails its batch-mates), sends stream chunks with TorchServe's intermediate responses, and gives each row's
+stop flag to TorchServe as ``context.stopping_criteria``. Archived as the model's ``--handler``; TorchServe
+requires exactly one class defined here.
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.continuous import ContinuousScheduler
-from handler.errors import Reply
-from handler.service import NDJSON, SDXLService
+from handler.core import ServingCore, build_core
+from handler.errors import CLIENT_VISIBLE_ERRORS
+from handler.metrics import Observation, startup_observations
+from handler.replies import NDJSON, Reply
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +30,15 @@ class StableDiffusionXLHandler(BaseHandler):
 
     def __init__(self):
         super().__init__()
-        self.core: SDXLService | ContinuousScheduler | None = None
+        self.core: ServingCore | None = None
 
     def initialize(self, context: Any) -> None:
         """Load the pipeline and warm it up; TorchServe reports READY only after this returns."""
         properties = context.system_properties
-        service = SDXLService.from_model_dir(
+        self.core = build_core(
             properties["model_dir"], getattr(context, "model_yaml_config", None), gpu_id=properties.get("gpu_id")
         )
-        service.warmup()
-        self.core = ContinuousScheduler(service) if service.settings.continuous else service
+        self._record(context, startup_observations(tuple(error.__name__ for error in CLIENT_VISIBLE_ERRORS)))
         self.initialized = True
 
     def preprocess(self, data: list[Any]) -> Any:
@@ -53,22 +52,24 @@ class StableDiffusionXLHandler(BaseHandler):
         replies = self.core.render(data)
         for index, reply in enumerate(replies):
             self._report(index, reply)
-        if isinstance(self.core, ContinuousScheduler):  # set on EVERY call: one flag per row of this call
-            self.context.stopping_criteria = [lambda _output, stop=reply.stop: stop for reply in replies]
-        self._record_metrics(data, replies)
+        # Set on EVERY call, one flag per row: None leaves an ordinary response alone, False sends a chunk
+        # with more to follow, True ends a response whose first chunk went out earlier.
+        self.context.stopping_criteria = [lambda _output, stop=reply.stop: stop for reply in replies]
+        try:
+            self._record(self.context, self.core.metrics(data, replies))
+        except Exception:  # metrics never fail a batch
+            log.warning("could not record metrics", exc_info=True)
         return [reply.body for reply in replies]
 
-    def _record_metrics(self, batch: Any, replies: list[Reply]) -> None:
-        """Forward the call's metrics (declared in config/metrics.yaml) to TorchServe; never fail a batch."""
-        try:
-            for observation in self.core.metrics(batch, replies):
-                spec = observation.spec
-                dimensions = [Dimension(name, value) for name, value in observation.labels.items()]
-                self.context.metrics.add_metric(
-                    spec.name, observation.value, spec.unit, dimensions=dimensions, metric_type=MetricTypes(spec.kind)
-                )
-        except Exception:
-            log.warning("could not record metrics", exc_info=True)
+    @staticmethod
+    def _record(context: Any, observations: list[Observation]) -> None:
+        """Forward observations (declared in config/metrics.yaml) to TorchServe."""
+        for observation in observations:
+            spec = observation.spec
+            dimensions = [Dimension(name, value) for name, value in observation.labels.items()]
+            context.metrics.add_metric(
+                spec.name, observation.value, spec.unit, dimensions=dimensions, metric_type=MetricTypes(spec.kind)
+            )
 
     def _send_chunks(self, chunks: dict[int, bytes]) -> None:
         """One intermediate HTTP chunk per streamed row (TorchServe marks it ``ts_stream_next: true``)."""

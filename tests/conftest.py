@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from handler.core import Core
 from handler.loading import load_pipeline
-from handler.service import SDXLService
 from handler.settings import HandlerSettings
 from handler.tiny_model import save_tiny_pipeline
 
@@ -37,7 +37,7 @@ def tiny_loaded(tiny_model_dir, tiny_settings):
 
 
 @pytest.fixture
-def service(tiny_loaded, tiny_settings) -> SDXLService:
+def core(tiny_loaded, tiny_settings) -> Core:
     """The serving core on the tiny pipeline; seeds the requests leave out are drawn as 1000, 1001, ..."""
     counter = itertools.count(1000)
-    return SDXLService(tiny_loaded, tiny_settings, seed_source=lambda: next(counter))
+    return Core(tiny_loaded, tiny_settings, seed_source=lambda: next(counter))

@@ -18,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from handler.service import SDXLService
+from handler.core import Core
 from tests.integration.conftest import soak
 
 
@@ -67,7 +67,7 @@ def test_a_request_joins_one_that_is_mid_loop_and_leaves_before_it(continuous_se
 
 def test_the_image_equals_static_batchings(continuous_server, tiny_loaded, tiny_settings):
     body = {"prompt": "a lighthouse at dusk", "seed": 11, "num_inference_steps": 4, "guidance_scale": 6.5}
-    static = SDXLService(tiny_loaded, tiny_settings).handle([{"body": json.dumps(body).encode()}])[0].json()
+    static = Core(tiny_loaded, tiny_settings).handle([{"body": json.dumps(body).encode()}])[0].json()
     with ThreadPoolExecutor(3) as pool:
         other = pool.submit(post, continuous_server, {"prompt": "other", "num_inference_steps": 9, "seed": 3})
         served = pool.submit(post, continuous_server, body).result().json()

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler.continuous import DEFERRED_STATUS_HEADER, ContinuousScheduler
-from handler.service import SDXLService
+from handler.core import Core
+from handler.replies import DEFERRED_STATUS_HEADER
 
 
 def row(**body):
@@ -49,8 +49,8 @@ class Response:
 
 
 class Frontend:
-    def __init__(self, scheduler: ContinuousScheduler, batch_size: int = 4):
-        self.scheduler = scheduler
+    def __init__(self, core: Core, batch_size: int = 4):
+        self.core = core
         self.batch_size = batch_size
         self.ids = (f"req-{n}" for n in itertools.count())
         self.queue: list[tuple[str, dict, str | None]] = []
@@ -74,8 +74,8 @@ class Frontend:
         ids = self.in_flight + [request_id for request_id, _, _ in joining]
         rows = [{} for _ in self.in_flight] + [r for _, r, _ in joining]
         accepts = [None for _ in self.in_flight] + [a for _, _, a in joining]
-        call = self.scheduler.parse(rows, accepts, ids)
-        replies = self.scheduler.render(self.scheduler.run(call))
+        call = self.core.parse(rows, accepts, ids)
+        replies = self.core.render(self.core.run(call))
         assert len(replies) == len(ids)
         for request_id, reply in zip(ids, replies, strict=True):
             response = self.responses[request_id]
@@ -106,16 +106,16 @@ def pixels(body: dict) -> np.ndarray:
 
 
 @pytest.fixture
-def continuous_service(tiny_loaded, tiny_settings):
+def continuous_core(tiny_loaded, tiny_settings):
     """Finishers decoded inline, so that which call a request leaves at does not depend on thread timing."""
     counter = itertools.count(1000)
     settings = tiny_settings.with_changes(continuous=True, steps_per_call=1, overlap_side_work=False)
-    return SDXLService(tiny_loaded, settings, seed_source=lambda: next(counter))
+    return Core(tiny_loaded, settings, seed_source=lambda: next(counter))
 
 
 @pytest.fixture
-def frontend(continuous_service):
-    return Frontend(ContinuousScheduler(continuous_service))
+def frontend(continuous_core):
+    return Frontend(continuous_core)
 
 
 def test_a_request_joins_a_running_loop_and_a_short_one_leaves_before_a_long_one(frontend):
@@ -138,12 +138,12 @@ def test_a_request_joins_a_running_loop_and_a_short_one_leaves_before_a_long_one
     # The short request joined at call 3, while the long one was at its step 3, and left after 2 calls.
     assert short_batch["joined_call"] == 3 and short_batch["in_flight_at_join"] == 1
     assert short_batch["left_call"] == 4 and short_batch["shared_steps"] == 2
-    assert frontend.scheduler.flights == {}
+    assert frontend.core.flights == {}
 
 
-def test_the_image_equals_static_batchings_for_the_same_request(frontend, service):
+def test_the_image_equals_static_batchings_for_the_same_request(frontend, core):
     body = {"prompt": "a red fox", "seed": 42, "num_inference_steps": 5, "guidance_scale": 6.0}
-    static = service.handle([row(**body)])[0].json()
+    static = core.handle([row(**body)])[0].json()
     frontend.submit({"prompt": "other", "seed": 7, "num_inference_steps": 9, "guidance_scale": 3.0})
     frontend.call()
     joined = frontend.submit(body)
@@ -167,14 +167,8 @@ def test_a_plain_request_gets_one_json_document_and_its_status_with_its_first_ch
     assert response.json()["parameters"]["num_inference_steps"] == 3
 
 
-def test_a_request_done_in_its_first_call_gets_an_ordinary_response(continuous_service):
-    frontend = Frontend(
-        ContinuousScheduler(
-            continuous_service.__class__(
-                continuous_service.loaded, continuous_service.settings.with_changes(steps_per_call=4)
-            )
-        )
-    )
+def test_a_request_done_in_its_first_call_gets_an_ordinary_response(continuous_core):
+    frontend = Frontend(Core(continuous_core.loaded, continuous_core.settings.with_changes(steps_per_call=4)))
     response = frontend.submit({"prompt": "quick", "num_inference_steps": 4}, accept="image/png")
     frontend.run_until_idle()
 
@@ -246,7 +240,7 @@ def test_streamed_failure_ends_with_an_error_event(frontend):
 def test_out_of_memory_splits_the_step_and_fails_only_the_request_too_big_alone(tiny_loaded, tiny_settings):
     # 64x64 -> 32x32 tiny latents; guidance doubles the rows: one 1-image request = 2048 latent pixels.
     settings = tiny_settings.with_changes(continuous=True, memory_ceiling_latent_pixels=2048, overlap_side_work=False)
-    frontend = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings)))
+    frontend = Frontend(Core(tiny_loaded, settings))
     small = [frontend.submit({"prompt": f"s{i}", "seed": i, "num_inference_steps": 3}) for i in range(2)]
     big = frontend.submit({"prompt": "big", "num_inference_steps": 3, "num_images_per_prompt": 2})
     frontend.run_until_idle()
@@ -261,14 +255,14 @@ def test_a_client_that_leaves_is_forgotten_at_the_next_call(frontend):
     frontend.call()
     frontend.disconnect(gone)
     frontend.call()
-    assert list(frontend.scheduler.flights) == ["req-1"]
+    assert list(frontend.core.flights) == ["req-1"]
     frontend.run_until_idle()
     later = frontend.submit({"prompt": "later", "num_inference_steps": 2})
     frontend.run_until_idle()
 
     assert gone.calls == [1] and stays.status == 200
     assert later.json()["batch"]["in_flight_at_join"] == 0
-    assert frontend.scheduler.flights == {}
+    assert frontend.core.flights == {}
 
 
 def test_nothing_is_held_after_a_long_run_of_mixed_requests(frontend):
@@ -279,24 +273,24 @@ def test_nothing_is_held_after_a_long_run_of_mixed_requests(frontend):
     frontend.run_until_idle()
 
     assert all(r.done for r in frontend.responses.values())
-    assert frontend.scheduler.flights == {}
+    assert frontend.core.flights == {}
 
 
 def test_metrics_count_each_request_once_when_it_ends(frontend):
-    scheduler = frontend.scheduler
+    core = frontend.core
     observed = []
     for rows, ids in (([row(prompt="a", num_inference_steps=2)], ["x"]), ([{}], ["x"])):
-        call = scheduler.run(scheduler.parse(rows, [None], ids))
-        replies = scheduler.render(call)
-        observed.append({o.spec.name: o.labels for o in scheduler.metrics(call, replies)})
+        call = core.run(core.parse(rows, [None], ids))
+        replies = core.render(call)
+        observed.append({o.spec.name: o.labels for o in core.metrics(call, replies)})
     assert "sdxl_requests_total" not in observed[0]
     assert observed[1]["sdxl_requests_total"] == {"Outcome": "ok"}
 
 
 def test_with_overlap_finishers_are_decoded_beside_the_steps_and_images_stay_the_same(tiny_loaded, tiny_settings):
     settings = tiny_settings.with_changes(continuous=True, overlap_side_work=True)
-    frontend = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings)))
-    inline = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings.with_changes(overlap_side_work=False))))
+    frontend = Frontend(Core(tiny_loaded, settings))
+    inline = Frontend(Core(tiny_loaded, settings.with_changes(overlap_side_work=False)))
     bodies = [{"prompt": f"p{n}", "seed": n, "num_inference_steps": steps} for n, steps in enumerate([2, 9, 3, 5])]
     for driver in (frontend, inline):
         for body in bodies:
@@ -311,12 +305,12 @@ def test_with_overlap_finishers_are_decoded_beside_the_steps_and_images_stay_the
         assert a.json()["timings_ms"]["vae_decode"] > 0 and a.json()["timings_ms"]["encode_image"] > 0
     # A finisher may leave a call later than inline (its decode runs beside the next step), never earlier.
     assert all(a.calls[-1] >= b.calls[-1] for a, b in zip(overlapped, alone, strict=True))
-    assert frontend.scheduler.flights == {}
+    assert frontend.core.flights == {}
 
 
 def test_several_steps_per_call_send_their_progress_events_in_one_chunk(tiny_loaded, tiny_settings):
     settings = tiny_settings.with_changes(continuous=True, steps_per_call=2, overlap_side_work=False)
-    frontend = Frontend(ContinuousScheduler(SDXLService(tiny_loaded, settings)))
+    frontend = Frontend(Core(tiny_loaded, settings))
     response = frontend.submit({"prompt": "k2", "num_inference_steps": 5, "stream": True})
     frontend.run_until_idle()
 
@@ -327,3 +321,17 @@ def test_several_steps_per_call_send_their_progress_events_in_one_chunk(tiny_loa
         [5, None],
     ]
     assert response.events()[-1]["batch"]["steps_per_call"] == 2
+
+
+def test_an_out_of_memory_split_resumes_at_the_current_step_across_calls(continuous_core, tiny_loaded, monkeypatch):
+    from tests.unit.test_core import count_unet_forwards
+
+    forwards = count_unet_forwards(monkeypatch, tiny_loaded, fail_above_rows=2)
+    frontend = Frontend(continuous_core)
+    pair = [frontend.submit({"prompt": p, "seed": s, "num_inference_steps": 4}) for p, s in (("a", 1), ("b", 2))]
+    frontend.run_until_idle()
+    # Call 1 shares its step (4 rows); call 2 fails at 4 rows and splits (2 + 2); calls 3-4 keep to 2 rows.
+    assert forwards == [4, 2, 2, 2, 2, 2, 2]
+    assert [r.calls for r in pair] == [[1, 2, 3, 4]] * 2
+    assert all(r.status == 200 and "images" in r.json() for r in pair)
+    assert continuous_core.engine.row_caps == {}

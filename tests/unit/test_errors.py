@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from handler.errors import InvalidRequest, OutOfMemory, ResponseTooLarge, error_reply
+from handler.errors import InvalidRequest, OutOfMemory, ResponseTooLarge
+from handler.replies import error_reply
 
 
 @pytest.mark.parametrize(
@@ -25,6 +26,11 @@ def test_every_exception_maps_to_one_status_and_json_body(exc, status, kind):
     assert error["type"] == kind
     assert reply.content_type == "application/json"
     assert str(exc) in error["message"]
+    assert (reply.error, reply.code, reply.outcome) == (
+        kind,
+        status,
+        "client_error" if status < 500 else "server_error",
+    )
 
 
 def test_invalid_request_echoes_field_and_value():

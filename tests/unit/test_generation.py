@@ -1,5 +1,6 @@
-"""Denoising with per-request state: the pipeline's images, whoever a request shares its steps with."""
+"""The engine's denoising with per-request state: the pipeline's images, whoever a request shares its steps with."""
 
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -7,9 +8,10 @@ import pytest
 import torch
 
 from handler.denoise import Denoiser
+from handler.engine import Engine
 from handler.errors import TimeBudgetExceeded
-from handler.generate import generate_group
 from handler.schema import parse_request
+from handler.side_work import SideWorker
 
 
 @pytest.fixture
@@ -20,26 +22,31 @@ def make(tiny_settings):
     return make_request
 
 
+def make_engine(loaded) -> Engine:
+    """The engine alone: decoded PIL images out, no encoding, no side thread."""
+    return Engine(Denoiser(loaded.pipeline, loaded.device), 8, SideWorker(loaded.device, overlap=False))
+
+
 @pytest.fixture(scope="module")
-def denoiser(tiny_loaded):
-    return Denoiser(tiny_loaded.pipeline, tiny_loaded.device)
+def engine(tiny_loaded):
+    return make_engine(tiny_loaded)
 
 
 def pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-def run(denoiser, requests, **kwargs):
-    return generate_group(denoiser, requests, **kwargs).outcomes
+def run(engine, requests):
+    return engine.generate(requests)
 
 
 def max_diff(a, b) -> int:
     return int(np.abs(pixels(a) - pixels(b)).max())
 
 
-def test_one_request_matches_the_diffusers_pipeline(denoiser, tiny_loaded, make):
+def test_one_request_matches_the_diffusers_pipeline(engine, tiny_loaded, make):
     request = make(negative_prompt="blurry", num_inference_steps=5, width=96)
-    ours = run(denoiser, [request])[0][0]
+    ours = run(engine, [request])[0][0]
     reference = tiny_loaded.pipeline(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
@@ -52,60 +59,61 @@ def test_one_request_matches_the_diffusers_pipeline(denoiser, tiny_loaded, make)
     assert max_diff(ours, reference) <= 1
 
 
-def test_same_request_gives_the_same_image_alone_and_batched(denoiser, make):
+def test_same_request_gives_the_same_image_alone_and_batched(engine, make):
     target = make(negative_prompt="blurry")
-    alone = run(denoiser, [target])[0][0]
+    alone = run(engine, [target])[0][0]
     mates = [
         make(prompt="a dog", seed=1, num_inference_steps=2),
         make(prompt="sea", seed=2, num_images_per_prompt=2, guidance_scale=1.0, num_inference_steps=6),
     ]
-    in_front = run(denoiser, [*mates, target])[2][0]
-    behind = run(denoiser, [target, *reversed(mates)])[0][0]
+    in_front = run(engine, [*mates, target])[2][0]
+    behind = run(engine, [target, *reversed(mates)])[0][0]
     # Bit-identical on the CPU (measured); one level of tolerance in case BLAS picks other kernels.
     assert max_diff(alone, in_front) <= 1
     assert max_diff(alone, behind) <= 1
 
 
-def test_requests_with_other_steps_and_guidance_match_their_solo_images(denoiser, make):
+def test_requests_with_other_steps_and_guidance_match_their_solo_images(engine, make):
     short = make(num_inference_steps=2, seed=3)
     unguided = make(guidance_scale=1.0, seed=4, num_inference_steps=6)
-    together = run(denoiser, [short, unguided])
-    assert max_diff(together[0][0], run(denoiser, [short])[0][0]) <= 1
-    assert max_diff(together[1][0], run(denoiser, [unguided])[0][0]) <= 1
+    together = run(engine, [short, unguided])
+    assert max_diff(together[0][0], run(engine, [short])[0][0]) <= 1
+    assert max_diff(together[1][0], run(engine, [unguided])[0][0]) <= 1
 
 
-def test_image_i_of_a_request_uses_seed_plus_i(denoiser, make):
-    pair = run(denoiser, [make(seed=10, num_images_per_prompt=2)])[0]
-    second_alone = run(denoiser, [make(seed=11)])[0][0]
+def test_image_i_of_a_request_uses_seed_plus_i(engine, make):
+    pair = run(engine, [make(seed=10, num_images_per_prompt=2)])[0]
+    second_alone = run(engine, [make(seed=11)])[0][0]
     assert max_diff(pair[1], second_alone) <= 1
     assert max_diff(pair[0], pair[1]) > 10
 
 
-def test_seed_prompt_and_negative_prompt_each_change_the_image(denoiser, make):
+def test_seed_prompt_and_negative_prompt_each_change_the_image(engine, make):
     base = make()
     variants = [replace(base, seed=8), replace(base, prompt="a blue dog"), replace(base, negative_prompt="ugly")]
-    images = run(denoiser, [base, *variants])
+    images = run(engine, [base, *variants])
     for variant_images in images[1:]:
         assert np.abs(pixels(images[0][0]) - pixels(variant_images[0])).mean() > 1
 
 
-def test_images_have_the_requested_size(denoiser, make):
-    images = run(denoiser, [make(width=96, height=48, num_images_per_prompt=2)])[0]
+def test_images_have_the_requested_size(engine, make):
+    images = run(engine, [make(width=96, height=48, num_images_per_prompt=2)])[0]
     assert [image.size for image in images] == [(96, 48), (96, 48)]
 
 
-def test_an_expired_request_stops_alone_and_the_others_finish(denoiser, make):
+def test_an_expired_request_stops_alone_and_the_others_finish(engine, make):
     slow, quick = make(num_inference_steps=20, timeout_s=1.0), make(num_inference_steps=3, seed=2)
     seen_steps = []
-    # The deadline is already over: the slow request must stop after its first step, not run all 20.
-    outcomes = run(
-        denoiser, [slow, quick], deadlines=[0.0, None], on_step=lambda states: seen_steps.append(len(states))
-    )
+    # The slow one's budget is already over: it must stop after its first step, not run all 20.
+    now = time.perf_counter()
+    flights = [engine.admit(slow, "slow", arrived=now - 10), engine.admit(quick, "quick", arrived=now)]
+    engine.advance(flights, on_step=lambda stepped: seen_steps.append(len(stepped)))
+    outcomes = [flight.outcome for flight in flights]
     assert isinstance(outcomes[0], TimeBudgetExceeded)
     assert "ran out after step 1 of 20" in outcomes[0].message
     assert len(outcomes[1]) == 1
     assert seen_steps == [2, 1, 1]
-    assert max_diff(outcomes[1][0], run(denoiser, [quick])[0][0]) <= 1
+    assert max_diff(outcomes[1][0], run(engine, [quick])[0][0]) <= 1
 
 
 def _nan_decodes(monkeypatch, vae, when):
@@ -126,16 +134,46 @@ def test_a_non_finite_decode_is_retried_with_the_vae_in_float32(tiny_model_dir, 
     from handler.settings import HandlerSettings
 
     loaded = load_pipeline(str(tiny_model_dir), HandlerSettings(dtype="bfloat16"))
-    denoiser = Denoiser(loaded.pipeline, loaded.device)
+    engine = make_engine(loaded)
     requests = [make(seed=1), make(seed=2)]
     _nan_decodes(monkeypatch, loaded.pipeline.vae, when=lambda vae: vae.dtype == torch.bfloat16)
-    outcomes = run(denoiser, requests)
+    outcomes = run(engine, requests)
     assert all(isinstance(o, list) for o in outcomes)  # the NaN one was decoded again in float32
     assert loaded.pipeline.vae.dtype == torch.bfloat16  # and the VAE went back to its dtype
     assert pixels(outcomes[0][0]).max() > 0
 
     monkeypatch.undo()
     _nan_decodes(monkeypatch, loaded.pipeline.vae, when=lambda vae: True)
-    outcomes = run(denoiser, requests)
+    outcomes = run(engine, requests)
     assert "NaN/inf values even in float32" in str(outcomes[0])
     assert isinstance(outcomes[1], list) and len(outcomes[1]) == 1
+
+
+@pytest.mark.parametrize("scheduler_name", ["EulerAncestralDiscreteScheduler", "LCMScheduler"])
+def test_with_a_sampler_that_draws_noise_while_stepping_image_i_still_equals_seed_plus_i(
+    tiny_loaded, make, monkeypatch, scheduler_name
+):
+    import diffusers
+
+    pipeline = tiny_loaded.pipeline
+    monkeypatch.setattr(
+        pipeline, "scheduler", getattr(diffusers, scheduler_name).from_config(pipeline.scheduler.config)
+    )
+    engine = make_engine(tiny_loaded)
+    pair = run(engine, [make(seed=10, num_images_per_prompt=2)])[0]
+    first_alone, second_alone = (run(engine, [make(seed=seed)])[0][0] for seed in (10, 11))
+    assert max_diff(pair[0], first_alone) <= 1
+    assert max_diff(pair[1], second_alone) <= 1
+    # ...and the noise it drew while stepping is its own, not its batch-mate's.
+    beside = run(engine, [make(seed=3, prompt="a dog"), make(seed=11)])[1][0]
+    assert max_diff(beside, second_alone) <= 1
+
+
+def test_a_scheduler_gets_eta_and_generators_only_where_its_step_takes_them():
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from handler.denoise import scheduler_step_kwargs
+
+    generators = [torch.Generator().manual_seed(0)]
+    assert scheduler_step_kwargs(DDIMScheduler(), generators, eta=0.5) == {"generator": generators, "eta": 0.5}
+    assert scheduler_step_kwargs(EulerDiscreteScheduler(), generators, eta=0.5) == {"generator": generators}

@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from handler.metrics import BATCH, IMAGES, LATENCY, METRICS, REJECTED, REQUESTS, STAGE, batch_metrics
+from handler.metrics import BATCH, IMAGES, LATENCY, METRICS, REJECTED, REQUESTS, STAGE, call_metrics
 from scripts.torchserve_control import SHIPPED_CONFIG, read_properties
 from tests.conftest import REPO_ROOT
 
@@ -29,9 +29,9 @@ def rows(*bodies):
     return [{"body": json.dumps(body).encode()} for body in bodies]
 
 
-def test_batch_metrics_count_images_stages_outcomes_and_reasons(service):
-    batch = service.run(
-        service.parse(
+def test_call_metrics_count_images_stages_outcomes_and_reasons(core):
+    batch = core.run(
+        core.parse(
             rows(
                 {"prompt": "a", "num_images_per_prompt": 2},
                 {"prompt": "b", "width": 7},
@@ -39,8 +39,8 @@ def test_batch_metrics_count_images_stages_outcomes_and_reasons(service):
             )
         )
     )
-    replies = service.render(batch)
-    observations = batch_metrics(batch, replies, gpu_memory_bytes=123)
+    replies = core.render(batch)
+    observations = call_metrics(batch.size, batch.ended, gpu_memory_bytes=123)
 
     def values(spec, **labels):
         return [
@@ -66,12 +66,12 @@ def test_batch_metrics_count_images_stages_outcomes_and_reasons(service):
     assert [o.value for o in observations if o.spec.name == "sdxl_gpu_memory_allocated_bytes"] == [123]
 
 
-def test_a_streamed_request_failing_mid_stream_counts_as_an_error(service):
-    batch = service.run(
-        service.parse(rows({"prompt": "x", "stream": True, "num_inference_steps": 40, "timeout_s": 0.05})),
+def test_a_streamed_request_failing_mid_stream_counts_as_an_error(core):
+    batch = core.run(
+        core.parse(rows({"prompt": "x", "stream": True, "num_inference_steps": 40, "timeout_s": 0.05})),
         emit=lambda chunks: None,
     )
-    replies = service.render(batch)
+    replies = core.render(batch)
     assert replies[0].status == 200
-    reasons = [o.labels["Reason"] for o in batch_metrics(batch, replies) if o.spec == REJECTED]
+    reasons = [o.labels["Reason"] for o in core.metrics(batch, replies) if o.spec == REJECTED]
     assert reasons == ["TimeBudgetExceeded"]

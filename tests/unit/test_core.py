@@ -4,11 +4,12 @@ import base64
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from handler.service import SDXLService
+from handler.core import Core
 
 
 def row(**body):
@@ -19,8 +20,14 @@ def decode_images(reply):
     return [Image.open(io.BytesIO(base64.b64decode(data))) for data in reply.json()["images"]]
 
 
-def test_a_bad_row_fails_alone_and_replies_keep_row_order(service):
-    replies = service.handle(
+def max_pixel_difference(reply, other) -> int:
+    """Largest per-pixel difference of two replies' images (a batch may pick other BLAS kernels: <= 1)."""
+    pairs = zip(decode_images(reply), decode_images(other), strict=True)
+    return max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()) for a, b in pairs)
+
+
+def test_a_bad_row_fails_alone_and_replies_keep_row_order(core):
+    replies = core.handle(
         [
             row(prompt="one", seed=1),
             row(prompt="two", width=1001),
@@ -45,10 +52,8 @@ def test_a_bad_row_fails_alone_and_replies_keep_row_order(service):
 
 
 @pytest.mark.parametrize(("output_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])
-def test_images_come_back_encoded_at_the_requested_size(service, output_format, pil_format):
-    reply = service.handle(
-        [row(prompt="x", width=96, height=64, output_format=output_format, num_images_per_prompt=2)]
-    )[0]
+def test_images_come_back_encoded_at_the_requested_size(core, output_format, pil_format):
+    reply = core.handle([row(prompt="x", width=96, height=64, output_format=output_format, num_images_per_prompt=2)])[0]
     body = reply.json()
     assert reply.status == 200 and reply.content_type == "application/json"
     assert body["content_type"] == f"image/{output_format}"
@@ -56,8 +61,8 @@ def test_images_come_back_encoded_at_the_requested_size(service, output_format, 
     assert [(i.format, i.size) for i in images] == [(pil_format, (96, 64))] * 2
 
 
-def test_seeds_are_drawn_when_absent_and_echoed_with_every_parameter(service):
-    given, drawn = service.handle([row(prompt="a", seed=5, num_images_per_prompt=2), row(prompt="b")])
+def test_seeds_are_drawn_when_absent_and_echoed_with_every_parameter(core):
+    given, drawn = core.handle([row(prompt="a", seed=5, num_images_per_prompt=2), row(prompt="b")])
     assert given.json()["seeds"] == [5, 6]
     assert drawn.json()["seeds"] == [1000]
     parameters = drawn.json()["parameters"]
@@ -65,9 +70,9 @@ def test_seeds_are_drawn_when_absent_and_echoed_with_every_parameter(service):
     assert set(drawn.json()["timings_ms"]) == {"encode_prompt", "denoise", "vae_decode", "encode_image", "total"}
 
 
-def test_echoed_seed_reproduces_the_image(service):
-    first = service.handle([row(prompt="a cat")])[0].json()
-    again = service.handle([row(prompt="a cat", seed=first["seeds"][0])])[0].json()
+def test_echoed_seed_reproduces_the_image(core):
+    first = core.handle([row(prompt="a cat")])[0].json()
+    again = core.handle([row(prompt="a cat", seed=first["seeds"][0])])[0].json()
     assert again["images"] == first["images"]
 
 
@@ -90,20 +95,84 @@ def _fail_unet_for_width(monkeypatch, loaded, latent_width, exc):
         (torch.OutOfMemoryError("out of memory"), 507, "OutOfMemory"),
     ],
 )
-def test_a_failing_group_fails_only_its_own_rows(service, tiny_loaded, monkeypatch, exc, status, kind):
+def test_a_failing_group_fails_only_its_own_rows(core, tiny_loaded, monkeypatch, exc, status, kind):
     # The tiny VAE halves the size: 128 px wide images have 64-wide latents.
     _fail_unet_for_width(monkeypatch, tiny_loaded, 64, exc)
-    replies = service.handle([row(prompt="ok", seed=1), row(prompt="boom", width=128), row(prompt="ok2", seed=2)])
+    replies = core.handle([row(prompt="ok", seed=1), row(prompt="boom", width=128), row(prompt="ok2", seed=2)])
     assert [r.status for r in replies] == [200, status, 200]
     error = replies[1].json()["error"]
     assert error["type"] == kind and str(exc) in error["message"]
-    # The service is still usable for the same shape once the fault is gone.
+    # The core is still usable for the same shape once the fault is gone.
     monkeypatch.undo()
-    assert service.handle([row(prompt="boom", width=128)])[0].status == 200
+    assert core.handle([row(prompt="boom", width=128)])[0].status == 200
+
+
+def test_a_non_memory_error_in_one_request_of_four_fails_only_it_and_the_others_keep_their_images(
+    core, tiny_loaded, tiny_settings, monkeypatch
+):
+    # One request's sampler fails at its third step, AFTER the shared UNet forward: the step is split at that
+    # step, the others go on from there, never from step 0.
+    real_make_scheduler = core.denoiser.make_scheduler
+
+    def make_scheduler(request):
+        scheduler = real_make_scheduler(request)
+        if request.prompt == "boom":
+            real_step = scheduler.step
+
+            def step(*args, **kwargs):
+                if scheduler.step_index == 2:
+                    raise ValueError("sampler diverged")
+                return real_step(*args, **kwargs)
+
+            scheduler.step = step
+        return scheduler
+
+    monkeypatch.setattr(core.denoiser, "make_scheduler", make_scheduler)
+    forwards = count_unet_forwards(monkeypatch, tiny_loaded)
+    rows = [row(prompt="a", seed=1), row(prompt="boom", seed=2), row(prompt="c", seed=3), row(prompt="d", seed=4)]
+    replies = core.handle(rows)
+    assert [r.status for r in replies] == [200, 500, 200, 200]
+    error = replies[1].json()["error"]
+    assert error["type"] == "ServingError" and "ValueError: sampler diverged" in error["message"]
+    # 4 steps: 2 shared forwards, the failing third (4 requests), its retries (halves, then quarters), the last.
+    assert forwards[:3] == [8, 8, 8] and sum(forwards) < 4 * 8 + 3 * 8
+    assert [r.json()["batch"]["group_requests"] for r in replies if r.status == 200] == [4, 4, 4]
+
+    monkeypatch.undo()
+    for index in (0, 2, 3):
+        alone = Core(tiny_loaded, tiny_settings).handle([rows[index]])[0]
+        assert max_pixel_difference(replies[index], alone) <= 1
+
+
+def count_unet_forwards(monkeypatch, loaded, fail_above_rows=None, after=1):
+    """Rows of every UNet forward that ran; with ``fail_above_rows``, forwards over that many rows after the
+    first ``after`` ones run out of memory (a GPU that fragmented)."""
+    unet, real_forward, rows = loaded.pipeline.unet, loaded.pipeline.unet.forward, []
+
+    def forward(sample, *args, **kwargs):
+        if fail_above_rows is not None and len(rows) >= after and sample.shape[0] > fail_above_rows:
+            raise torch.OutOfMemoryError(f"simulated: {sample.shape[0]} rows")
+        rows.append(sample.shape[0])
+        return real_forward(sample, *args, **kwargs)
+
+    monkeypatch.setattr(unet, "forward", forward)
+    return rows
+
+
+def test_an_out_of_memory_split_resumes_at_the_current_step_and_keeps_to_what_fits(core, tiny_loaded, monkeypatch):
+    solo = [core.handle([row(prompt=p, seed=s)])[0] for p, s in (("a", 1), ("b", 2))]
+    forwards = count_unet_forwards(monkeypatch, tiny_loaded, fail_above_rows=2)
+    replies = core.handle([row(prompt="a", seed=1), row(prompt="b", seed=2)])
+    # Step 1 shared (4 rows); step 2 fails at 4 rows and is split (2 + 2); steps 3-4 keep to 2 rows at once.
+    # A restart from step 0 would take 1 + 4 + 4 = 9 forwards.
+    assert forwards == [4, 2, 2, 2, 2, 2, 2]
+    assert all(max_pixel_difference(r, alone) <= 1 for r, alone in zip(replies, solo, strict=True))
+    monkeypatch.undo()
+    assert core.engine.row_caps == {}  # learned per batch: forgotten once nothing is in flight
 
 
 def test_a_reply_over_max_response_bytes_becomes_a_507_for_that_row_only(tiny_loaded, tiny_settings):
-    small = SDXLService(tiny_loaded, tiny_settings.with_changes(max_response_bytes=20_000), seed_source=lambda: 1)
+    small = Core(tiny_loaded, tiny_settings.with_changes(max_response_bytes=20_000), seed_source=lambda: 1)
     replies = small.handle([row(prompt="a"), row(prompt="b", num_images_per_prompt=4)])
     assert replies[0].status == 200
     assert replies[1].status == 507
@@ -114,19 +183,22 @@ def test_warmup_runs_every_configured_shape(tiny_loaded, tiny_settings):
     from handler.settings import WarmupShape
 
     shapes = (WarmupShape(64, 64, 1, 1), WarmupShape(96, 32, 2, 2))
-    warm = SDXLService(tiny_loaded, tiny_settings.with_changes(warmup=shapes))
+    warm = Core(tiny_loaded, tiny_settings.with_changes(warmup=shapes))
     assert len(warm.warmup()) == 2
 
 
-def test_from_model_dir_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
-    service = SDXLService.from_model_dir(str(tmp_path), {"handler": {"model_path": str(tiny_model_dir)}})
-    assert service.loaded.source == str(tiny_model_dir)
+def test_build_core_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
+    from handler.core import build_core
+
+    warmup = [{"width": 64, "height": 64, "num_inference_steps": 1}]  # the default 1024 px takes minutes
+    core = build_core(str(tmp_path), {"handler": {"model_path": str(tiny_model_dir), "warmup": warmup}})
+    assert core.loaded.source == str(tiny_model_dir)
 
 
 def test_parallel_image_encoding_gives_the_same_bytes_as_serial(tiny_loaded, tiny_settings):
     rows = [row(prompt="a", seed=1, num_images_per_prompt=3), row(prompt="b", seed=2, output_format="webp")]
-    serial = SDXLService(tiny_loaded, tiny_settings.with_changes(encode_threads=1)).handle(rows)
-    parallel = SDXLService(tiny_loaded, tiny_settings.with_changes(encode_threads=8)).handle(rows)
+    serial = Core(tiny_loaded, tiny_settings.with_changes(encode_threads=1)).handle(rows)
+    parallel = Core(tiny_loaded, tiny_settings.with_changes(encode_threads=8)).handle(rows)
     assert [r.json()["images"] for r in serial] == [r.json()["images"] for r in parallel]
     assert len(parallel[0].json()["images"]) == 3
 
@@ -135,9 +207,9 @@ def stream_lines(chunks: list[dict[int, bytes]], row_index: int) -> list[dict]:
     return [json.loads(line) for chunk in chunks if row_index in chunk for line in chunk[row_index].splitlines()]
 
 
-def test_streamed_rows_get_progress_per_step_and_plain_rows_get_nothing_early(service):
+def test_streamed_rows_get_progress_per_step_and_plain_rows_get_nothing_early(core):
     sent: list[dict[int, bytes]] = []
-    replies = service.handle(
+    replies = core.handle(
         [
             row(prompt="streamed", seed=1, stream=True, num_inference_steps=4, preview_every=2),
             row(prompt="plain", seed=2, num_inference_steps=3),
@@ -163,11 +235,11 @@ def test_streamed_rows_get_progress_per_step_and_plain_rows_get_nothing_early(se
     assert replies[0].content_type == "application/x-ndjson" and replies[0].body.endswith(b"\n")
     assert final[0]["event"] == "result" and final[0]["seeds"] == [1]
     assert "event" not in final[1] and final[1]["seeds"] == [2]
-    plain = service.handle([row(prompt="streamed", seed=1, num_inference_steps=4)])[0].json()
+    plain = core.handle([row(prompt="streamed", seed=1, num_inference_steps=4)])[0].json()
     assert final[0]["images"] == plain["images"]
 
 
-def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(service, tiny_loaded, monkeypatch):
+def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(core, tiny_loaded, monkeypatch):
     sent = []
     unet, real_forward, calls = tiny_loaded.pipeline.unet, tiny_loaded.pipeline.unet.forward, []
 
@@ -178,15 +250,15 @@ def test_a_failure_after_the_stream_started_ends_it_with_an_error_event(service,
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(unet, "forward", forward)
-    reply = service.handle([row(prompt="x", stream=True, num_inference_steps=4)], emit=sent.append)[0]
+    reply = core.handle([row(prompt="x", stream=True, num_inference_steps=4)], emit=sent.append)[0]
     assert [e["step"] for e in stream_lines(sent, 0)] == [1, 2]
     assert reply.status == 200  # the stream already said 200; the outcome is its last line
     event = json.loads(reply.body)
     assert event["event"] == "error" and event["code"] == 500 and "device lost" in event["message"]
 
 
-def test_raw_image_reply_carries_seed_and_parameters_in_headers(service):
-    reply = service.handle([row(prompt="x", seed=9, response_format="image", output_format="webp", width=96)])[0]
+def test_raw_image_reply_carries_seed_and_parameters_in_headers(core):
+    reply = core.handle([row(prompt="x", seed=9, response_format="image", output_format="webp", width=96)])[0]
     assert reply.status == 200 and reply.content_type == "image/webp"
     image = Image.open(io.BytesIO(reply.body))
     assert (image.format, image.size) == ("WEBP", (96, 64))
@@ -194,14 +266,14 @@ def test_raw_image_reply_carries_seed_and_parameters_in_headers(service):
     assert json.loads(reply.headers["X-Parameters"])["width"] == 96
 
 
-def test_accept_header_asks_for_a_raw_image(service):
-    replies = service.handle([row(prompt="x"), row(prompt="y")], accepts=["image/jpeg", "application/json"])
+def test_accept_header_asks_for_a_raw_image(core):
+    replies = core.handle([row(prompt="x"), row(prompt="y")], accepts=["image/jpeg", "application/json"])
     assert replies[0].content_type == "image/jpeg" and Image.open(io.BytesIO(replies[0].body)).format == "JPEG"
     assert replies[1].json()["content_type"] == "image/png"
 
 
-def test_time_budget_stops_one_request_with_504_and_not_its_batch_mates(service):
-    replies = service.handle(
+def test_time_budget_stops_one_request_with_504_and_not_its_batch_mates(core):
+    replies = core.handle(
         [
             row(prompt="slow", num_inference_steps=50, timeout_s=0.3),
             row(prompt="quick", num_inference_steps=3),
@@ -216,7 +288,7 @@ def test_time_budget_stops_one_request_with_504_and_not_its_batch_mates(service)
 
 def test_out_of_memory_splits_the_group_and_only_a_request_failing_alone_gets_507(tiny_loaded, tiny_settings):
     # 64x64 images: 32x32 latents, 2 UNet rows per image with guidance = 2048 latent pixels per image.
-    tight = SDXLService(tiny_loaded, tiny_settings.with_changes(memory_ceiling_latent_pixels=4096))
+    tight = Core(tiny_loaded, tiny_settings.with_changes(memory_ceiling_latent_pixels=4096))
     rows = [
         row(prompt="a", seed=1),
         row(prompt="b", seed=2),
@@ -229,6 +301,6 @@ def test_out_of_memory_splits_the_group_and_only_a_request_failing_alone_gets_50
     assert error["type"] == "OutOfMemory" and "even alone" in error["message"]
     assert "memory_ceiling_latent_pixels=4096" in error["message"]
     # Nothing else was lost, and the survivors' images are the ones they get with memory to spare.
-    roomy = SDXLService(tiny_loaded, tiny_settings).handle([rows[0], rows[3]])
+    roomy = Core(tiny_loaded, tiny_settings).handle([rows[0], rows[3]])
     assert replies[0].json()["images"] == roomy[0].json()["images"]
     assert replies[3].json()["images"] == roomy[1].json()["images"]

@@ -1,0 +1,261 @@
+"""The one denoising engine behind both scheduling modes: admit, advance, expire, finish.
+
+A request in the engine is a :class:`Flight`. :meth:`Engine.advance` runs shared steps over any set of flights:
+
+    1. step     ONE UNet forward per image size per step (per-sample timesteps and guidance), so requests with
+                different step counts, prompts and guidance share it
+    2. isolate  a failing step is split in halves at the CURRENT step until the failing request is alone; only it
+                gets the error (out of memory -> 507, anything else -> its own error), the others go on from
+                where they were. After an out-of-memory split, later steps of that size keep to the rows that fit
+    3. expire   a request past its ``timeout_s`` stops with a 504; the others go on
+    4. finish   finished requests are VAE-decoded (together; alone if that fails) and encoded on the side worker
+
+Static batching advances the whole TorchServe batch until it is empty, in one handler call; continuous
+batching advances every request in flight by ``steps_per_call`` steps per call (:mod:`handler.core`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from .batching import GroupKey, group_requests
+from .denoise import Denoiser, RequestState
+from .encode import step_events
+from .errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
+from .schema import GenerationRequest
+from .side_work import SideWorker
+from .stages import Stage
+
+log = logging.getLogger(__name__)
+
+# Encodes the images of several requests: key -> (request, PIL images) in, key -> bytes per image (or why not) out.
+Encoder = Callable[[dict[Any, tuple[GenerationRequest, list[Any]]]], dict[Any, Any]]
+StepHook = Callable[[list["Flight"]], None]
+
+
+@dataclass(eq=False)  # identity: two flights may hold equal requests yet be separate
+class Flight:
+    """One request in the engine, from admission until its outcome is known.
+
+    Its life: denoising (stepped with the others) -> finishing (decode + encode, on the side worker) -> done
+    (``outcome`` set).
+    """
+
+    key: str  # the request id that identifies it across handler calls
+    state: RequestState
+    arrived: float  # time.perf_counter() at its first handler call: its time budget counts from here
+    joined_call: int = 0
+    in_flight_at_join: int = 0  # requests already in the engine when it joined
+    group: dict[str, int] | None = None  # static batching: the size group it was admitted in
+    pending: Future | None = None  # its finish job on the side worker
+    committed: bool = False  # bytes went out (HTTP 200 and headers sent): its last reply is a stream's end
+    shared_steps: int = 0  # steps whose UNet forward it shared with other requests
+    denoise_started: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    events: list[bytes] = field(default_factory=list)  # stream lines not sent yet
+    done: bool = False
+    outcome: list[Any] | BaseException | None = None  # its (encoded) images, or why it has none
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.state.request
+
+    @property
+    def deadline(self) -> float | None:
+        timeout = self.request.timeout_s
+        return None if timeout is None else self.arrived + timeout
+
+    @property
+    def denoising(self) -> bool:
+        return self.pending is None and not self.done and not self.state.finished
+
+    def fail(self, error: BaseException) -> None:
+        self.done, self.outcome = True, error
+
+
+class Engine:
+    """Runs flights on one pipeline's denoiser.
+
+    Args:
+        denoiser (`Denoiser`): prepares, steps and decodes requests.
+        max_images_per_call (`int`): most images one UNet forward or VAE decode may take.
+        side (`SideWorker`): runs the finishers' decode and encode (beside the steps, or inline).
+        encode (`Encoder`, defaults to None): turns decoded images into bytes; None keeps the PIL images
+            (in-process benchmarks).
+    """
+
+    def __init__(self, denoiser: Denoiser, max_images_per_call: int, side: SideWorker, encode: Encoder | None = None):
+        self.denoiser = denoiser
+        self.max_images_per_call = max_images_per_call
+        self.side = side
+        self.encode = encode
+        # UNet rows per forward that fit, per image size, learned from out-of-memory splits.
+        self.row_caps: dict[GroupKey, int] = {}
+
+    def admit(self, request: GenerationRequest, key: str, arrived: float, **details: Any) -> Flight:
+        """Prepare a request (conditioning, its own scheduler, seeded noise): it takes its first step next."""
+        flight = Flight(key, self.denoiser.start(request), arrived, **details)
+        flight.timings_ms[Stage.ENCODE_PROMPT] = flight.state.timings_ms[Stage.ENCODE_PROMPT]
+        return flight
+
+    def advance(self, flights: Iterable[Flight], max_steps: int | None = None, on_step: StepHook | None = None) -> int:
+        """Run up to ``max_steps`` shared steps (None: until none is left denoising), hand the finishers to the
+        side worker and take in the side work that is done. Returns the steps run.
+
+        ``on_step`` is called after every step with the flights that took it."""
+        flights = list(flights)
+        steps = 0
+        while max_steps is None or steps < max_steps:
+            active = [f for f in flights if f.denoising]
+            if not active:
+                break
+            self._step(active)
+            steps += 1
+            if on_step is not None:
+                on_step(active)
+            self._hand_over([f for f in active if not f.done and f.state.finished])
+        # With nobody left to stall, wait for the side work instead of returning with nothing done.
+        while any(f.pending is not None for f in flights) and not any(f.denoising for f in flights):
+            self._collect(flights, wait=True)
+        self._collect(flights, wait=False)
+        return steps
+
+    def generate(self, requests: list[GenerationRequest]) -> list[list[Any] | BaseException]:
+        """Run ``requests`` together to the end: per request, its images or why it has none (warmup, benchmarks)."""
+        now = time.perf_counter()
+        flights = [self.admit(request, str(i), now) for i, request in enumerate(requests)]
+        self.advance(flights)
+        return [flight.outcome for flight in flights]  # type: ignore[misc]
+
+    # -- 1-3: the shared step -----------------------------------------------------------------------
+
+    def _step(self, active: list[Flight]) -> None:
+        started = time.perf_counter()
+        for flight in active:
+            flight.denoise_started = flight.denoise_started or started
+        by_id = {id(f): f for f in active}
+        for group in group_requests({id(f): f.request for f in active}, self.max_images_per_call):
+            members = [by_id[key] for key in group.rows]
+            for part in self._within_cap(group.key, members):
+                self._step_isolated(group.key, part)
+            for flight in members:
+                flight.shared_steps += len(members) > 1
+        now = time.perf_counter()
+        for flight in active:
+            state = flight.state
+            if flight.done:  # failed in this step
+                continue
+            if state.finished:
+                flight.timings_ms[Stage.DENOISE] = (now - flight.denoise_started) * 1000
+            elif flight.deadline is not None and now > flight.deadline:
+                flight.fail(
+                    TimeBudgetExceeded(
+                        f"`timeout_s` of {flight.request.timeout_s} s ran out after step {state.step} of "
+                        f"{state.total_steps}",
+                        field="timeout_s",
+                        value=flight.request.timeout_s,
+                    )
+                )
+            if flight.request.stream and not flight.done:
+                flight.events.append(step_events(state))
+
+    def _within_cap(self, key: GroupKey, flights: list[Flight]) -> list[list[Flight]]:
+        """``flights`` in consecutive parts of at most the learned row cap (at least one flight per part)."""
+        cap = self.row_caps.get(key)
+        if cap is None:
+            return [flights]
+        parts: list[list[Flight]] = [[]]
+        rows = 0
+        for flight in flights:
+            if parts[-1] and rows + flight.state.unet_rows > cap:
+                parts.append([])
+                rows = 0
+            parts[-1].append(flight)
+            rows += flight.state.unet_rows
+        return parts
+
+    def _step_isolated(self, key: GroupKey, flights: list[Flight]) -> None:
+        """Step ``flights`` together; if that fails, in halves, down to one request alone."""
+        before = [f.state.step for f in flights]
+        try:
+            self.denoiser.step([f.state for f in flights])
+            return
+        except Exception as exc:
+            out_of_memory = is_out_of_memory(exc)
+            if out_of_memory:
+                self.denoiser.free_memory()
+            if len(flights) == 1:
+                log.warning("request %s failed at step %d", flights[0].key, before[0], exc_info=True)
+                error = OutOfMemory(f"out of memory at step {before[0]} even alone: {exc}") if out_of_memory else exc
+                flights[0].fail(error)
+                return
+            if out_of_memory:
+                rows = sum(f.state.unet_rows for f in flights)
+                self.row_caps[key] = min(self.row_caps.get(key, rows), max(1, rows // 2))
+                log.warning("out of memory at %d UNet rows of %s: at most %d from now", rows, key, self.row_caps[key])
+        # A failure after the UNet forward may have stepped some states already: retry only the others.
+        pending = [f for f, step in zip(flights, before, strict=True) if f.state.step == step]
+        half = max(1, len(pending) // 2)
+        for part in (pending[:half], pending[half:]):
+            if part:
+                self._step_isolated(key, part)
+
+    # -- 4: finishing, on the side worker -----------------------------------------------------------
+
+    def _hand_over(self, finished: list[Flight]) -> None:
+        by_id = {id(f): f for f in finished}
+        for group in group_requests({id(f): f.request for f in finished}, self.max_images_per_call):
+            members = [by_id[key] for key in group.rows]
+            job = self.side.submit(lambda members=members: self._finish(members))
+            for flight in members:
+                flight.pending = job
+
+    def _finish(self, flights: list[Flight]) -> dict[int, tuple[Any, dict[str, float]]]:
+        """Decode (one VAE call for the group; alone if that fails) and encode the images of ``flights``:
+        per ``id(flight)``, its images (or why there are none) and the stage timings."""
+        started = time.perf_counter()
+        states = [f.state for f in flights]
+        self.side.share(*(s.latents for s in states))
+        try:
+            decoded = self.denoiser.decode(states)
+        except Exception:  # decode them one by one: a failure stays with its request
+            log.warning("decoding %d request(s) together failed; decoding alone", len(flights), exc_info=True)
+            self.denoiser.free_memory()
+            decoded = [self._decode_alone(state) for state in states]
+        decoded_at = time.perf_counter()
+        timings = {Stage.VAE_DECODE: (decoded_at - started) * 1000}
+        if self.encode is not None:
+            images = {i: (f.request, d) for i, (f, d) in enumerate(zip(flights, decoded, strict=True))}
+            encoded = self.encode({i: item for i, item in images.items() if isinstance(item[1], list)})
+            decoded = [encoded.get(i, d) for i, d in enumerate(decoded)]
+            timings[Stage.ENCODE_IMAGE] = (time.perf_counter() - decoded_at) * 1000
+        return {id(f): (d, timings) for f, d in zip(flights, decoded, strict=True)}
+
+    def _decode_alone(self, state: RequestState) -> list[Any] | BaseException:
+        try:
+            return self.denoiser.decode([state])[0]
+        except Exception as exc:
+            return exc
+
+    def _collect(self, flights: list[Flight], wait: bool) -> None:
+        """Take in the side jobs that are done (with ``wait``: at least one, if any is pending)."""
+        pending = {f.pending for f in flights if f.pending is not None}
+        if wait and pending:
+            futures.wait(pending, return_when=futures.FIRST_COMPLETED)
+        for flight in flights:
+            job = flight.pending
+            if job is None or not job.done():
+                continue
+            flight.pending = None
+            flight.done = True
+            try:
+                flight.outcome, timings = job.result()[id(flight)]
+                flight.timings_ms.update(timings)
+            except Exception as exc:  # this request's error
+                flight.outcome = exc
