@@ -39,7 +39,7 @@ def test_call_metrics_count_images_stages_outcomes_and_reasons(core):
             )
         )
     )
-    replies = core.render(batch)
+    core.render(batch)
     observations = call_metrics(batch.size, batch.ended, gpu_memory_bytes=123)
 
     def values(spec, **labels):
