@@ -1,6 +1,6 @@
 """Run the SDXL TorchServe server locally: start, stop, send a request, or do all of it (demo).
 
-    python scripts/server.py start            # start TorchServe with config/config.properties, wait for READY
+    python scripts/server.py start            # start TorchServe with ./config.properties, wait for READY
     python scripts/server.py predict "a red fox in snow" --seed 7 -o outputs/fox.png
     python scripts/server.py stop
     python scripts/server.py demo             # build the tiny archive if missing, start, predict, keep running

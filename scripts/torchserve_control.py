@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_CONFIG = REPO_ROOT / "config" / "config.properties"
+SHIPPED_CONFIG = REPO_ROOT / "config.properties"
 MODEL_NAME = "stable-diffusion-xl"
 
 

@@ -30,7 +30,9 @@ def test_a_worker_killed_mid_request_fails_that_request_and_comes_back(fragile_s
     server = fragile_server
     pids = server.worker_pids()
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(server.predict, {"prompt": "doomed", "num_inference_steps": 30})
+        # ~4 s at 128 px on this CPU: still denoising when the kill comes (the 3 s responseTimeout is later).
+        doomed = {"prompt": "doomed", "num_inference_steps": 50, "width": 128, "height": 128}
+        in_flight = pool.submit(server.predict, doomed)
         time.sleep(0.8)
         os.kill(pids[0], signal.SIGKILL)
         response = in_flight.result()

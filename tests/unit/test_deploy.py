@@ -55,7 +55,7 @@ def test_image_runs_non_root_with_healthcheck_and_no_secrets():
     assert not re.search(r"(?i)^(ARG|ENV) \S*(TOKEN|KEY|SECRET|PASSWORD)", DOCKERFILE, re.M)
 
 
-# Keys a derived config may change from config/config.properties, and why (see each file's header).
+# Keys a derived config may change from ./config.properties, and why (see each file's header).
 CONTAINER_DIFFERENCES = {
     "inference_address",
     "metrics_address",
@@ -72,7 +72,7 @@ ALLOWED_DIFFERENCES = {
 
 @pytest.mark.parametrize("path", sorted(ALLOWED_DIFFERENCES))
 def test_derived_configs_differ_from_the_shipped_one_only_where_they_must(path):
-    shipped = read_properties(REPO_ROOT / "config" / "config.properties")
+    shipped = read_properties(REPO_ROOT / "config.properties")
     derived = read_properties(REPO_ROOT / path)
     changed = {key for key in shipped.keys() | derived.keys() if shipped.get(key) != derived.get(key)}
     assert changed == ALLOWED_DIFFERENCES[path]

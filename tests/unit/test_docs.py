@@ -1,7 +1,9 @@
 """The README's request reference is generated from the schema, so the two cannot drift apart."""
 
+import json
 import re
 
+import pytest
 import yaml
 
 from handler.schema import markdown_table
@@ -33,3 +35,49 @@ def test_every_handler_setting_is_in_the_readme_configuration_table():
     missing = [f.name for f in fields(HandlerSettings) if f.name != "continuous" and f"`{f.name}`" not in table]
     missing += [] if "| `continuousBatching` |" in readme else ["continuousBatching"]
     assert not missing, f"README configuration table lacks {missing}"
+
+
+def _readme_section(title: str) -> str:
+    readme = (REPO_ROOT / "README.md").read_text()
+    return readme.split(title, 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
+
+
+def _curl_bodies(text: str) -> list[str]:
+    return re.findall(r"-d '([^']*)'", text)
+
+
+def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
+    from handler.schema import FIELDS
+
+    errors = _readme_section("### Errors")
+    texts = [(REPO_ROOT / "README.md").read_text().replace(errors, "")]
+    texts += [path.read_text() for path in sorted((REPO_ROOT / "docs").glob("*.md"))]
+    bodies = [json.loads(body) for text in texts for body in _curl_bodies(text)]
+    assert len(bodies) >= 5
+    unknown = {key for body in bodies for key in body if key not in FIELDS}
+    assert not unknown, f"README examples use fields the schema rejects: {unknown}"
+
+
+def test_the_readme_error_examples_are_the_errors_the_server_gives():
+    from handler.decode import decode_row
+    from handler.replies import error_reply
+    from handler.schema import parse_request
+
+    settings = HandlerSettings.from_yaml(yaml.safe_load((REPO_ROOT / "config" / "sdxl-base.yaml").read_text()))
+    shown = re.findall(r"-d '([^']*)'\n(\d{3}) (\{.*\})\n", _readme_section("### Errors"))
+    assert len(shown) >= 4
+    for body, status, document in shown:
+        with pytest.raises(Exception) as raised:
+            parse_request(decode_row({"body": body.encode()}), settings.limits, settings.defaults)
+        reply = error_reply(raised.value)
+        assert (reply.status, reply.json()) == (int(status), json.loads(document)), body
+
+
+def test_the_readme_response_sample_shows_every_parameter_stage_and_accounting_key():
+    from handler.schema import FIELDS
+    from handler.stages import Stage
+
+    sample = json.loads(_readme_section("### Response (200)").split("```json", 1)[1].split("```", 1)[0])
+    assert list(sample["parameters"]) == list(FIELDS)
+    assert set(sample["timings_ms"]) == {str(stage) for stage in Stage}
+    assert set(sample["batch"]) == {"scheduling", "requests", "rejected", "groups", "group_requests", "group_images"}
