@@ -34,8 +34,9 @@ COPY pyproject.toml README.md ./
 COPY handler/ handler/
 COPY sdxl_client/ sdxl_client/
 COPY scripts/ scripts/
-# The project's own install script: torch first and pinned, then the package (tests check the arguments).
-RUN EDITABLE="" TORCH_SPEC="${TORCH_SPEC}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" EXTRAS="${EXTRAS}" \
+# The project's own install script: torch first and pinned, then the package (tests check the arguments);
+# Prometheus is for the test suite, not the image.
+RUN SKIP_PROMETHEUS=1 EDITABLE="" TORCH_SPEC="${TORCH_SPEC}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" EXTRAS="${EXTRAS}" \
     bash scripts/install.sh
 
 COPY config/ config/

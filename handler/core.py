@@ -31,7 +31,7 @@ from .engine import Engine, Flight
 from .loading import LoadedPipeline, load_pipeline
 from .metrics import Observation, call_metrics
 from .replies import Reply, chunk_reply, error_reply, final_reply, success_reply
-from .schema import MAX_SEED, GenerationRequest, negotiate, parse_request
+from .schema import MAX_SEED, Defaults, GenerationRequest, Limits, negotiate, parse_request
 from .settings import HandlerSettings
 from .side_work import SideWorker
 from .stages import Stage
@@ -145,7 +145,7 @@ class Core:
 
     def parse_row(self, row: Any, accept: str | None) -> GenerationRequest:
         """One row (with its ``Accept`` header) -> a valid request with its seed drawn; raises InvalidRequest."""
-        request = parse_request(negotiate(decode_row(row), accept), self.settings.limits, self.settings.defaults)
+        request = parse_request(negotiate(decode_row(row), accept), *self._bounds)
         return request if request.seed is not None else replace(request, seed=self.seed_source())
 
     def run(self, call: Call, emit: Emitter | None = None, sequential: bool = False) -> Call:
@@ -198,14 +198,9 @@ class Core:
     def metrics(self, call: Call, replies: list[Reply]) -> list[Observation]:
         return call_metrics(call.size, call.ended, call.disconnected, self.gpu_memory_bytes())
 
-    def handle(
-        self,
-        rows: list[Any],
-        accepts: list[str | None] | None = None,
-        emit: Emitter | None = None,
-        request_ids: list[str] | None = None,
-    ) -> list[Reply]:
-        return self.render(self.run(self.parse(rows, accepts, request_ids), emit))
+    def handle(self, rows: list[Any], accepts: Any = None, emit: Emitter | None = None, ids: Any = None) -> list[Reply]:
+        """parse -> run -> render in one call (tests, benchmarks)."""
+        return self.render(self.run(self.parse(rows, accepts, ids), emit))
 
     # -- around the stages --------------------------------------------------------------------------
 
@@ -213,32 +208,18 @@ class Core:
         """Generate once at every configured warmup shape, so the first user request is fast."""
         seconds = []
         for shape in self.settings.warmup_shapes():
-            request = GenerationRequest(
-                prompt="warmup",
-                negative_prompt="",
-                prompt_2=None,
-                negative_prompt_2=None,
-                num_inference_steps=shape.num_inference_steps,
-                guidance_scale=self.settings.defaults.guidance_scale,
-                width=shape.width,
-                height=shape.height,
-                seed=0,
-                num_images_per_prompt=1,
-                output_format="png",
-            )
+            body = {"prompt": "warmup", "seed": 0, "width": shape.width, "height": shape.height}
+            request = parse_request({**body, "num_inference_steps": shape.num_inference_steps}, *self._bounds)
             started = time.perf_counter()
             self.engine.generate([request] * shape.batch_images)
             self.engine.row_caps.clear()
             seconds.append(time.perf_counter() - started)
-            log.info(
-                "warmup %dx%d, %d step(s), %d image(s): %.2f s",
-                shape.width,
-                shape.height,
-                shape.num_inference_steps,
-                shape.batch_images,
-                seconds[-1],
-            )
+            log.info("warmup %s: %.2f s", shape, seconds[-1])
         return seconds
+
+    @property
+    def _bounds(self) -> tuple[Limits, Defaults]:
+        return self.settings.limits, self.settings.defaults
 
     def gpu_memory_bytes(self) -> int | None:
         """Memory held by PyTorch tensors on this pipeline's GPU; None on the CPU."""

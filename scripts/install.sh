@@ -10,14 +10,26 @@ TORCH_INDEX_URL="${TORCH_INDEX_URL:-}"   # e.g. https://download.pytorch.org/whl
 EXTRAS="${EXTRAS:-dev}"
 VENV="${VENV:-.venv}"
 
-if ! command -v java >/dev/null 2>&1; then
-  echo "installing Java 17 (TorchServe's frontend) ..."
-  if command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless) >/dev/null
-  else
-    echo "Java 17+ is required: install it with your package manager" >&2
+# System tools, with apt-get where they are missing: Java 17 (TorchServe's frontend) and Prometheus (its
+# server and promtool: the monitoring tests run the real thing). SKIP_PROMETHEUS=1 leaves it out (images).
+packages=()
+command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+[ -n "${SKIP_PROMETHEUS:-}" ] || command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+if [ ${#packages[@]} -gt 0 ]; then
+  echo "installing ${packages[*]} ..."
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install ${packages[*]} with your package manager (Java 17+; Prometheus 2.x for the tests)" >&2
     exit 1
   fi
+  # Keep the packages' services from starting (Debian's prometheus would listen on 0.0.0.0:9090): the
+  # tests start their own servers on loopback.
+  no_start=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && no_start=1
+  fi
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${packages[@]}") >/dev/null
+  [ -z "$no_start" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
