@@ -24,14 +24,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from .batching import group_requests
-from .decode import decode_row
+from .decode import decode_row, negotiate
 from .denoise import Denoiser, image_seeds
 from .encode import encode_many
 from .engine import Engine, Flight
 from .loading import LoadedPipeline, load_pipeline
 from .metrics import Observation, call_metrics
 from .replies import Reply, chunk_reply, error_reply, final_reply, success_reply
-from .schema import MAX_SEED, Defaults, GenerationRequest, Limits, negotiate, parse_request
+from .schema import MAX_SEED, Defaults, GenerationRequest, Limits, parse_request
 from .settings import HandlerSettings
 from .side_work import SideWorker
 from .stages import Stage

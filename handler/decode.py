@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from .errors import InvalidRequest
+from .schema import IMAGE_CONTENT_TYPES
 
 # TorchServe's name for a raw body; "data" is what its form decoder and older clients use.
 BODY_KEYS = ("body", "data")
@@ -65,3 +66,31 @@ def decode_row(row: Any) -> Any:
             raise InvalidRequest('request body is empty; send one JSON object such as {"prompt": "a cat"}')
         return parse_json_text(value)
     return value
+
+
+def negotiate(payload: Any, accept: str | None) -> Any:
+    """Apply an ``Accept`` header to a body: ``image/png|jpeg|webp`` asks for that raw image, ``image/*`` for
+    a raw image in the body's ``output_format``. Conflicts with the body are errors, not guesses."""
+    if not accept or not isinstance(payload, dict):
+        return payload
+    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
+    formats = {content_type: name for name, content_type in IMAGE_CONTENT_TYPES.items()}
+    chosen = next((formats[w] for w in wanted if w in formats), None)
+    if chosen is None and "image/*" not in wanted:
+        return payload
+    if payload.get("response_format", "image") != "image":
+        raise InvalidRequest(
+            f"`Accept: {accept}` asks for an image but `response_format` is {payload['response_format']!r}",
+            field="response_format",
+            value=payload["response_format"],
+        )
+    if chosen and payload.get("output_format", chosen) != chosen:
+        raise InvalidRequest(
+            f"`Accept: {accept}` asks for {chosen} but `output_format` is {payload['output_format']!r}",
+            field="output_format",
+            value=payload["output_format"],
+        )
+    negotiated = {**payload, "response_format": "image"}
+    if chosen:
+        negotiated["output_format"] = chosen
+    return negotiated

@@ -1,20 +1,19 @@
 """The request schema: every field's name, type, default, bounds and documentation, in one place.
 
-The handler validates with :func:`parse_request`, the README's request reference is generated from
-:data:`FIELDS` (``python -m handler.schema``), and the tests read both. Field names follow diffusers'
-``StableDiffusionXLPipeline.__call__``. Defaults and bounds can be overridden in the ``handler:`` section
-of the model yaml (see :mod:`handler.settings`); the values here are the built-in ones.
+The handler validates with :func:`parse_request` (value checks in :mod:`handler.checks`); the README's request
+reference is generated from :data:`FIELDS` (``python -m handler.schema``). Names follow diffusers'
+``StableDiffusionXLPipeline.__call__``; the model yaml's ``handler:`` section overrides defaults and bounds.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import ConfigError, InvalidRequest
+from .checks import choice, integer, json_type, number, short, text
+from .errors import InvalidRequest
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 RESPONSE_FORMATS = ("json", "image")
@@ -184,7 +183,7 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     """
     # 1. Shape: one object, only known fields, the one required field present.
     if not isinstance(payload, dict):
-        raise InvalidRequest(f"request body must be a JSON object but is {_json_type(payload)}")
+        raise InvalidRequest(f"request body must be a JSON object but is {json_type(payload)}")
     unknown = sorted(set(payload) - set(FIELDS))
     if unknown:
         names = ", ".join(f"`{name}`" for name in unknown)
@@ -198,35 +197,35 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         return payload.get(name, getattr(defaults, name, None))
 
     # 2. Texts.
-    prompt = _text("prompt", get("prompt"), limits, optional=False)
+    prompt = text("prompt", get("prompt"), limits.max_prompt_chars, optional=False)
     if not prompt.strip():
         raise InvalidRequest("`prompt` must not be empty or blank", field="prompt", value=prompt)
-    negative_prompt = _text("negative_prompt", get("negative_prompt"), limits, optional=False)
-    prompt_2 = _text("prompt_2", get("prompt_2"), limits, optional=True)
-    negative_prompt_2 = _text("negative_prompt_2", get("negative_prompt_2"), limits, optional=True)
+    negative_prompt = text("negative_prompt", get("negative_prompt"), limits.max_prompt_chars, optional=False)
+    prompt_2 = text("prompt_2", get("prompt_2"), limits.max_prompt_chars, optional=True)
+    negative_prompt_2 = text("negative_prompt_2", get("negative_prompt_2"), limits.max_prompt_chars, optional=True)
 
     # 3. Numbers.
-    steps = _integer("num_inference_steps", get("num_inference_steps"), 1, limits.max_inference_steps)
-    guidance = _number("guidance_scale", get("guidance_scale"), 0.0, limits.max_guidance_scale)
+    steps = integer("num_inference_steps", get("num_inference_steps"), 1, limits.max_inference_steps)
+    guidance = number("guidance_scale", get("guidance_scale"), 0.0, limits.max_guidance_scale)
     width = _size("width", get("width"), limits)
     height = _size("height", get("height"), limits)
-    seed = None if get("seed") is None else _integer("seed", get("seed"), 0, MAX_SEED)
-    images = _integer("num_images_per_prompt", get("num_images_per_prompt"), 1, limits.max_images_per_prompt)
+    seed = None if get("seed") is None else integer("seed", get("seed"), 0, MAX_SEED)
+    images = integer("num_images_per_prompt", get("num_images_per_prompt"), 1, limits.max_images_per_prompt)
 
     # 4. Choices.
-    output_format = _choice("output_format", get("output_format"), OUTPUT_FORMATS)
-    response_format = _choice("response_format", payload.get("response_format", "json"), RESPONSE_FORMATS)
+    output_format = choice("output_format", get("output_format"), OUTPUT_FORMATS)
+    response_format = choice("response_format", payload.get("response_format", "json"), RESPONSE_FORMATS)
 
     # 5. Streaming and time budget.
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest(
-            f"`stream` must be true or false but is {_json_type(stream)} {_short(stream)}", field="stream", value=stream
+            f"`stream` must be true or false but is {json_type(stream)} {short(stream)}", field="stream", value=stream
         )
-    preview_every = _integer("preview_every", payload.get("preview_every", 0), 0, limits.max_inference_steps)
+    preview_every = integer("preview_every", payload.get("preview_every", 0), 0, limits.max_inference_steps)
     timeout_s = get("timeout_s")
     if timeout_s is not None:
-        timeout_s = float(_number("timeout_s", timeout_s, 0.0, limits.max_timeout_s))
+        timeout_s = float(number("timeout_s", timeout_s, 0.0, limits.max_timeout_s))
         if timeout_s <= 0:
             raise InvalidRequest(
                 f"`timeout_s` must be greater than 0 but is {timeout_s}", field="timeout_s", value=timeout_s
@@ -267,110 +266,13 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     )
 
 
-def negotiate(payload: Any, accept: str | None) -> Any:
-    """Apply an ``Accept`` header to a body: ``image/png|jpeg|webp`` asks for that raw image, ``image/*`` for
-    a raw image in the body's ``output_format``. Conflicts with the body are errors, not guesses."""
-    if not accept or not isinstance(payload, dict):
-        return payload
-    wanted = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    formats = {content_type: name for name, content_type in IMAGE_CONTENT_TYPES.items()}
-    chosen = next((formats[w] for w in wanted if w in formats), None)
-    if chosen is None and "image/*" not in wanted:
-        return payload
-    if payload.get("response_format", "image") != "image":
-        raise InvalidRequest(
-            f"`Accept: {accept}` asks for an image but `response_format` is {payload['response_format']!r}",
-            field="response_format",
-            value=payload["response_format"],
-        )
-    if chosen and payload.get("output_format", chosen) != chosen:
-        raise InvalidRequest(
-            f"`Accept: {accept}` asks for {chosen} but `output_format` is {payload['output_format']!r}",
-            field="output_format",
-            value=payload["output_format"],
-        )
-    negotiated = {**payload, "response_format": "image"}
-    if chosen:
-        negotiated["output_format"] = chosen
-    return negotiated
-
-
-def check_defaults(limits: Limits, defaults: Defaults) -> None:
-    """Fail at startup when the configured defaults would not pass the configured bounds."""
-    try:
-        parse_request({"prompt": "check"}, limits, defaults)
-    except InvalidRequest as exc:
-        raise ConfigError(f"handler.defaults break handler.limits: {exc.message}") from None
-    if limits.min_size > limits.max_size or limits.min_size < limits.size_multiple:
-        raise ConfigError(f"handler.limits: need size_multiple <= min_size <= max_size, got {limits}")
-
-
-def _json_type(value: Any) -> str:
-    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return "a number"
-    return names.get(type(value), type(value).__name__)
-
-
-def _text(name: str, value: Any, limits: Limits, optional: bool) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str):
-        kind = "a string or null" if optional else "a string"
-        raise InvalidRequest(f"`{name}` must be {kind} but is {_json_type(value)}", field=name, value=value)
-    if len(value) > limits.max_prompt_chars:
-        raise InvalidRequest(
-            f"`{name}` must be at most {limits.max_prompt_chars} characters but has {len(value)}",
-            field=name,
-            value=value,
-        )
-    return value
-
-
-def _integer(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(
-            f"`{name}` must be an integer but is {_json_type(value)} {_short(value)}", field=name, value=value
-        )
-    if not low <= value <= high:
-        raise InvalidRequest(
-            f"`{name}` must be between {low} and {high} but is {_short(value)}", field=name, value=value
-        )
-    return value
-
-
-def _number(name: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidRequest(
-            f"`{name}` must be a number but is {_json_type(value)} {_short(value)}", field=name, value=value
-        )
-    if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRequest(
-            f"`{name}` must be between {low} and {high} but is {_short(value)}", field=name, value=value
-        )
-    return value
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise InvalidRequest(
-            f"`{name}` must be one of {', '.join(allowed)} but is {_short(value)}", field=name, value=value
-        )
-    return value
-
-
 def _size(name: str, value: Any, limits: Limits) -> int:
-    value = _integer(name, value, limits.min_size, limits.max_size)
+    value = integer(name, value, limits.min_size, limits.max_size)
     if value % limits.size_multiple:
         raise InvalidRequest(
             f"`{name}` must be divisible by {limits.size_multiple} but is {value}", field=name, value=value
         )
     return value
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def markdown_table(limits: Limits = Limits(), defaults: Defaults = Defaults()) -> str:

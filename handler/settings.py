@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .errors import ConfigError
-from .schema import OUTPUT_FORMATS, Defaults, Limits, check_defaults
+from .errors import ConfigError, InvalidRequest
+from .schema import OUTPUT_FORMATS, Defaults, Limits, parse_request
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -168,3 +168,13 @@ def _build(cls: type, values: Any, where: str, **fixed: Any) -> Any:
         return cls(**values, **fixed)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def check_defaults(limits: Limits, defaults: Defaults) -> None:
+    """Fail at startup when the configured defaults would not pass the configured bounds."""
+    try:
+        parse_request({"prompt": "check"}, limits, defaults)
+    except InvalidRequest as exc:
+        raise ConfigError(f"handler.defaults break handler.limits: {exc.message}") from None
+    if limits.min_size > limits.max_size or limits.min_size < limits.size_multiple:
+        raise ConfigError(f"handler.limits: need size_multiple <= min_size <= max_size, got {limits}")

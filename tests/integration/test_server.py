@@ -8,6 +8,7 @@ import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import requests
 from PIL import Image
 
@@ -92,7 +93,9 @@ def test_same_request_same_image_alone_or_batched(server):
     batched = _while_worker_is_busy(server, [{"prompt": "other", "seed": 9}, target, {"prompt": "x", "seed": 5}])
     assert alone.json()["batch"]["requests"] == 1
     assert batched[1].json()["batch"]["requests"] == 3
-    assert batched[1].json()["images"] == alone.json()["images"]
+    # Bit-identical on some CPUs; others pick other BLAS kernels for a batch of 6 UNet rows (measured: 1/255).
+    difference = np.abs(np.asarray(images_of(batched[1])[0], np.int16) - np.asarray(images_of(alone)[0], np.int16))
+    assert difference.max() <= 1, f"max per-pixel difference {difference.max()}/255"
 
 
 def test_malformed_bodies_get_clear_400s(server):

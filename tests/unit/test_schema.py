@@ -2,6 +2,7 @@ import math
 
 import pytest
 
+from handler.decode import negotiate
 from handler.errors import InvalidRequest
 from handler.schema import (
     FIELDS,
@@ -10,7 +11,6 @@ from handler.schema import (
     GenerationRequest,
     Limits,
     markdown_table,
-    negotiate,
     parse_request,
 )
 
