@@ -278,6 +278,7 @@ class Core:
                 "in_flight_at_join": flight.in_flight_at_join,
                 "shared_steps": flight.shared_steps,
                 "steps_per_call": self.settings.steps_per_call,
+                "unet_forwards": flight.state.forwards,
             }
         return {
             "scheduling": "static",
@@ -286,6 +287,7 @@ class Core:
             "groups": call.groups,
             "group_requests": flight.group["requests"],
             "group_images": flight.group["images"],
+            "unet_forwards": flight.state.forwards,
         }
 
 

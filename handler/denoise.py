@@ -19,6 +19,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .errors import ConfigError, NonFiniteImage
+from .samplers import build_scheduler
 from .schema import GenerationRequest
 from .stages import Stage
 
@@ -121,7 +122,7 @@ class Denoiser:
             latents=self.initial_latents(request, scheduler, generators, embeds.dtype),
             scheduler=scheduler,
             generators=generators,
-            step_kwargs=scheduler_step_kwargs(scheduler, generators),
+            step_kwargs=scheduler_step_kwargs(scheduler, generators, request.eta),
             started=started,
         )
         state.timings_ms[Stage.ENCODE_PROMPT] = (time.perf_counter() - started) * 1000
@@ -163,9 +164,9 @@ class Denoiser:
         )
 
     def make_scheduler(self, request: GenerationRequest) -> Any:
-        """A scheduler of this request's own, built from the pipeline's config (never the shared one), so it
-        can sit at any step whatever the others do."""
-        return type(self.pipeline.scheduler).from_config(self.pipeline.scheduler.config)
+        """A scheduler of this request's own: its sampler and schedule on the pipeline's scheduler config
+        (:mod:`handler.samplers`), never the shared one, so it can sit at any step whatever the others do."""
+        return build_scheduler(request.sampler, request.schedule, request.eta, self.pipeline.scheduler)
 
     def set_timesteps(self, scheduler: Any, request: GenerationRequest) -> None:
         scheduler.set_timesteps(request.num_inference_steps, device=self.device)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .checks import choice, integer, json_type, number, short, text
 from .errors import InvalidRequest
+from .samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 RESPONSE_FORMATS = ("json", "image")
@@ -33,6 +34,7 @@ class Limits:
     max_guidance_scale: float = 30.0
     max_images_per_prompt: int = 4
     max_timeout_s: float = 600.0
+    samplers: tuple[str, ...] | None = None  # None: every sampler of handler.samplers
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Defaults:
     num_images_per_prompt: int = 1
     output_format: str = "png"
     timeout_s: float | None = None
+    sampler: str | None = None  # None: the model's own scheduler
+    schedule: str = "default"
+    eta: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class GenerationRequest:
     stream: bool = False
     preview_every: int = 0
     timeout_s: float | None = None
+    sampler: str | None = None
+    schedule: str = "default"
+    eta: float | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The effective parameters, as echoed in the response (a full reproducibility record)."""
@@ -169,6 +177,31 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             "none" if defaults.timeout_s is None else str(defaults.timeout_s),
             f"> 0, <= {limits.max_timeout_s}",
         ),
+        Field(
+            "sampler",
+            "string or null",
+            "The sampler (its own scheduler per request; requests with different samplers still share each "
+            "UNet forward). Null: the model's own scheduler. heun, dpm2 and dpm2_a take 2 UNet forwards per step.",
+            "the model's" if defaults.sampler is None else json.dumps(defaults.sampler),
+            " / ".join(limits.samplers or SAMPLER_NAMES),
+        ),
+        Field(
+            "schedule",
+            "string",
+            "Spacing of the timesteps or sigmas: `karras` and `exponential` sigmas, `trailing` (starts at t=999, "
+            "for few-step distilled models), `leading`, `linspace`; `default` keeps the model's. Not every sampler "
+            "takes every schedule: an impossible pair is a 400 naming both.",
+            json.dumps(defaults.schedule),
+            " / ".join(SCHEDULE_NAMES),
+        ),
+        Field(
+            "eta",
+            "number or null",
+            "Noise added by the samplers that take it (ddim, tcd); 0 is deterministic. Null: the sampler's own "
+            "default (DDIM 0, TCD 0.3). A sampler without it answers 400.",
+            "null" if defaults.eta is None else str(defaults.eta),
+            "0..1",
+        ),
     )
 
 
@@ -215,6 +248,13 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     # 4. Choices.
     output_format = choice("output_format", get("output_format"), OUTPUT_FORMATS)
     response_format = choice("response_format", payload.get("response_format", "json"), RESPONSE_FORMATS)
+
+    # 4b. Sampling (the sampler/schedule pair and eta are checked against the scheduler class at admission).
+    sampler = get("sampler")
+    if sampler is not None:
+        sampler = choice("sampler", sampler, limits.samplers or SAMPLER_NAMES)
+    schedule = choice("schedule", get("schedule"), SCHEDULE_NAMES)
+    eta = None if get("eta") is None else float(number("eta", get("eta"), 0.0, 1.0))
 
     # 5. Streaming and time budget.
     stream = payload.get("stream", False)
@@ -263,6 +303,9 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         stream=stream,
         preview_every=preview_every,
         timeout_s=timeout_s,
+        sampler=sampler,
+        schedule=schedule,
+        eta=eta,
     )
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError, InvalidRequest
+from .samplers import SAMPLER_NAMES
 from .schema import OUTPUT_FORMATS, Defaults, Limits, parse_request
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -91,7 +92,13 @@ class HandlerSettings:
     def from_yaml(cls, model_yaml: dict[str, Any] | None) -> HandlerSettings:
         """Read ``model_yaml["handler"]`` (TorchServe's ``context.model_yaml_config``)."""
         section = dict((model_yaml or {}).get("handler") or {})
-        limits = _build(Limits, section.pop("limits", None), "handler.limits")
+        limits = dict(section.pop("limits", None) or {})
+        if "samplers" in limits:  # a yaml list: the samplers requests may choose from
+            samplers = limits["samplers"]
+            if not isinstance(samplers, list) or not samplers or not set(samplers) <= set(SAMPLER_NAMES):
+                raise ConfigError(f"handler.limits.samplers must be a list of {', '.join(SAMPLER_NAMES)}: {samplers!r}")
+            limits["samplers"] = tuple(samplers)
+        limits = _build(Limits, limits, "handler.limits")
         defaults = _build(Defaults, section.pop("defaults", None), "handler.defaults")
         warmup = section.pop("warmup", None)
         if warmup is not None:

@@ -87,6 +87,21 @@ def test_a_bad_request_inside_a_batch_fails_alone(server):
     assert images_of(responses[3])[0].size == (96, 64)
 
 
+def test_bad_sampling_values_fail_alone_inside_a_batch_of_samplers(server):
+    bodies = [
+        {"prompt": "good euler_a", "seed": 1, "sampler": "euler_a"},
+        {"prompt": "bad", "sampler": "k_euler"},
+        {"prompt": "bad pair", "sampler": "ddim", "schedule": "karras"},
+        {"prompt": "good heun", "seed": 2, "sampler": "heun", "schedule": "karras"},
+    ]
+    responses = _while_worker_is_busy(server, bodies)
+    assert [r.status_code for r in responses] == [200, 400, 400, 200]
+    errors = [responses[i].json()["error"] for i in (1, 2)]
+    assert [(e["field"], e["value"]) for e in errors] == [("sampler", "k_euler"), ("schedule", "karras")]
+    assert responses[3].json()["batch"]["requests"] == 4 and responses[3].json()["batch"]["group_requests"] == 2
+    assert responses[3].json()["batch"]["unet_forwards"] == 7  # heun: 2N - 1 for the tiny yaml's 4 steps
+
+
 def test_same_request_same_image_alone_or_batched(server):
     target = {"prompt": "a lighthouse at dawn", "seed": 1234, "negative_prompt": "blurry"}
     alone = server.predict(target)

@@ -134,6 +134,7 @@ def test_a_request_joins_a_running_loop_and_a_short_one_leaves_before_a_long_one
         "in_flight_at_join": 0,
         "shared_steps": 2,
         "steps_per_call": 1,
+        "unet_forwards": 6,
     }
     # The short request joined at call 3, while the long one was at its step 3, and left after 2 calls.
     assert short_batch["joined_call"] == 3 and short_batch["in_flight_at_join"] == 1
@@ -335,3 +336,19 @@ def test_an_out_of_memory_split_resumes_at_the_current_step_across_calls(continu
     assert [r.calls for r in pair] == [[1, 2, 3, 4]] * 2
     assert all(r.status == 200 and "images" in r.json() for r in pair)
     assert continuous_core.engine.row_caps == {}
+
+
+def test_a_heun_request_joining_a_running_loop_midway_makes_its_solo_image(frontend, core):
+    body = {"prompt": "a heun fox", "seed": 5, "num_inference_steps": 4, "sampler": "heun"}
+    solo = core.handle([row(**body)])[0].json()
+    frontend.submit({"prompt": "running", "seed": 1, "num_inference_steps": 12, "sampler": "dpmpp_2m"})
+    frontend.call()
+    frontend.call()
+    joined = frontend.submit(body)
+    frontend.run_until_idle()
+
+    document = joined.json()
+    assert document["batch"]["joined_call"] == 3 and document["batch"]["unet_forwards"] == 7
+    assert document["batch"]["shared_steps"] == 7
+    difference = np.abs(pixels(document) - pixels(solo))
+    assert difference.max() <= 1, f"max per-pixel difference {difference.max()}/255"

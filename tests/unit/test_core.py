@@ -48,6 +48,7 @@ def test_a_bad_row_fails_alone_and_replies_keep_row_order(core):
         "groups": 2,
         "group_requests": 1,
         "group_images": 1,
+        "unet_forwards": 4,
     }
 
 

@@ -80,4 +80,12 @@ def test_the_readme_response_sample_shows_every_parameter_stage_and_accounting_k
     sample = json.loads(_readme_section("### Response (200)").split("```json", 1)[1].split("```", 1)[0])
     assert list(sample["parameters"]) == list(FIELDS)
     assert set(sample["timings_ms"]) == {str(stage) for stage in Stage}
-    assert set(sample["batch"]) == {"scheduling", "requests", "rejected", "groups", "group_requests", "group_images"}
+    assert set(sample["batch"]) == {
+        "scheduling",
+        "requests",
+        "rejected",
+        "groups",
+        "group_requests",
+        "group_images",
+        "unet_forwards",
+    }

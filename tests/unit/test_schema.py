@@ -51,9 +51,12 @@ def test_every_field_is_taken_from_the_request():
         "stream": True,
         "preview_every": 2,
         "timeout_s": 30,
+        "sampler": "ddim",
+        "schedule": "trailing",
+        "eta": 0,
     }
     request = parse_request(body)
-    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0}
+    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0}
     assert isinstance(request.guidance_scale, float)
 
 
