@@ -9,6 +9,7 @@ Variants, all on the same requests (fixed seeds, one prompt per request):
   served-bB     TorchServe + our handler at batchSize B
   baseline-bB   TorchServe + a handler that gets the same batches but runs requests one at a time (B >= 4)
   streamed-b4   served-b4 with every request streamed (progress events), to price streaming
+  samplers-b4   served-b4's model, each request on one of 6 first-order samplers in turn
   mixed-*       ours and the baseline at batchSize 4 with 3 shapes/step counts interleaved
 Writes results.json (machine, versions, settings, every figure) and chart.png into --out.
 """
@@ -70,6 +71,10 @@ class PeakRSS:
     @property
     def peak_mb(self) -> float:
         return round(self.peak / 2**20, 1)
+
+
+# First-order samplers (one UNet forward per step, like the default), so a mixed load does the same work.
+MIXED_SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "ddim", "unipc", "lcm")
 
 
 def mixed_shapes(size: int, steps: int) -> list[tuple[int, int, int]]:
@@ -245,6 +250,8 @@ def run(args: argparse.Namespace) -> dict:
                         served_run(server, name, kind, model_batch, body, args, rounds, round_index)
                 if batch_size == 4:
                     served_run(server, "streamed-b4", "streamed", 4, body_for, args, rounds, round_index)
+                    samplers_body_for = lambda i: {**body_for(i), "sampler": MIXED_SAMPLERS[i % len(MIXED_SAMPLERS)]}  # noqa: E731
+                    served_run(server, "samplers-b4", "samplers", 4, samplers_body_for, args, rounds, round_index)
             for name, kind, model_batch, body in models:
                 if kind.startswith("mixed"):
                     served_run(server, name, kind, model_batch, body, args, rounds, round_index)
@@ -277,8 +284,9 @@ def record(rounds: dict, name: str, kind: str, batch_size: int, summary: dict, p
 
 
 def served_run(server, name, kind, batch_size, body_for, args, rounds, round_index) -> None:
-    # "streamed-bB" is served-bB's model with every request streamed, to price streaming.
-    model = name.replace("streamed-", "served-")
+    # "streamed-bB" is served-bB's model with every request streamed, to price streaming; "samplers-bB" the
+    # same model with each request on another sampler, to show that mixed samplers still share every forward.
+    model = name.replace("streamed-", "served-").replace("samplers-", "served-")
     send = served_sender(server, model, body_for, stream=kind == "streamed")
     for index in range(2):  # warm the connection path and the worker
         send(10_000 + index)
@@ -307,6 +315,7 @@ def compared_pairs(names: set[str]) -> list[tuple[str, str, str]]:
             ]
     pairs += [
         ("streamed_over_served_b4", "streamed-b4", "served-b4"),
+        ("mixed_samplers_over_served_b4", "samplers-b4", "served-b4"),
         ("mixed_served_over_baseline_b4", "mixed-served-b4", "mixed-baseline-b4"),
     ]
     return [pair for pair in pairs if pair[1] in names and pair[2] in names]

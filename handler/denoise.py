@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from .conditioning import encode_conditioning
 from .errors import ConfigError, NonFiniteImage
 from .samplers import build_scheduler
 from .schema import GenerationRequest
@@ -133,35 +134,8 @@ class Denoiser:
     def encode_conditioning(
         self, request: GenerationRequest, guidance: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt embeddings, pooled embeddings and SDXL's time ids, rows ``[negative..., positive...]``
-        with guidance. The text encoders see this request alone; an empty negative prompt gives zero
-        embeddings (the pipeline's rule)."""
-        pipe, images = self.pipeline, request.num_images_per_prompt
-        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-            prompt=request.prompt,
-            prompt_2=request.prompt_2,
-            device=self.device,
-            num_images_per_prompt=images,
-            do_classifier_free_guidance=guidance,
-            negative_prompt=request.negative_prompt or None,
-            negative_prompt_2=request.negative_prompt_2 or None,
-        )
-        time_ids = self.micro_conditioning(request, embeds.dtype).repeat(images, 1)
-        if guidance:
-            embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
-            time_ids = torch.cat([time_ids, time_ids])
-        return embeds.to(self.device), pooled.to(self.device), time_ids.to(self.device)
-
-    def micro_conditioning(self, request: GenerationRequest, dtype: torch.dtype) -> torch.Tensor:
-        """SDXL's size conditioning (original size, crop corner, target size), as the pipeline's defaults."""
-        size = (request.height, request.width)
-        return self.pipeline._get_add_time_ids(
-            size,
-            (0, 0),
-            size,
-            dtype=dtype,
-            text_encoder_projection_dim=self.pipeline.text_encoder_2.config.projection_dim,
-        )
+        """Prompt embeddings, pooled embeddings and SDXL's time ids (:mod:`handler.conditioning`)."""
+        return encode_conditioning(self.pipeline, self.device, request, guidance)
 
     def make_scheduler(self, request: GenerationRequest) -> Any:
         """A scheduler of this request's own: its sampler and schedule on the pipeline's scheduler config

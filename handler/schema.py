@@ -15,6 +15,7 @@ from typing import Any
 from .checks import choice, integer, json_type, number, short, text
 from .errors import InvalidRequest
 from .samplers import SAMPLER_NAMES, SCHEDULE_NAMES
+from .sizes import MAX_CONDITIONING_PIXELS, SDXL_BUCKETS, micro_conditioning, resolve_size
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 RESPONSE_FORMATS = ("json", "image")
@@ -35,6 +36,7 @@ class Limits:
     max_images_per_prompt: int = 4
     max_timeout_s: float = 600.0
     samplers: tuple[str, ...] | None = None  # None: every sampler of handler.samplers
+    allowed_sizes: tuple[tuple[int, int], ...] | None = None  # (width, height); None: any size within bounds
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,13 @@ class GenerationRequest:
     sampler: str | None = None
     schedule: str = "default"
     eta: float | None = None
+    aspect_ratio: str | None = None
+    original_size: tuple[int, int] | None = None  # (height, width), as in diffusers
+    crops_coords_top_left: tuple[int, int] = (0, 0)
+    target_size: tuple[int, int] | None = None
+    negative_original_size: tuple[int, int] | None = None
+    negative_crops_coords_top_left: tuple[int, int] = (0, 0)
+    negative_target_size: tuple[int, int] | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The effective parameters, as echoed in the response (a full reproducibility record)."""
@@ -202,6 +211,62 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             "null" if defaults.eta is None else str(defaults.eta),
             "0..1",
         ),
+        Field(
+            "aspect_ratio",
+            "string or null",
+            "One of SDXL's ~1 MP training sizes instead of `width`/`height`: "
+            + ", ".join(f"{ratio} = {w}x{h}" for ratio, (w, h) in SDXL_BUCKETS.items())
+            + ". A `width` or `height` sent beside it must match.",
+            "null",
+            " / ".join(SDXL_BUCKETS),
+        ),
+        *(
+            Field(name, kind, meaning, default, bounds)
+            for name, kind, meaning, default, bounds in (
+                (
+                    "original_size",
+                    "[height, width] or null",
+                    "SDXL micro-conditioning: the size the image claims to come from (diffusers' order).",
+                    "[height, width]",
+                    f"1..{MAX_CONDITIONING_PIXELS}",
+                ),
+                (
+                    "crops_coords_top_left",
+                    "[top, left]",
+                    "SDXL micro-conditioning: the crop corner it claims; [0, 0] looks centred.",
+                    "[0, 0]",
+                    f"0..{MAX_CONDITIONING_PIXELS}",
+                ),
+                (
+                    "target_size",
+                    "[height, width] or null",
+                    "SDXL micro-conditioning: the target size.",
+                    "[height, width]",
+                    f"1..{MAX_CONDITIONING_PIXELS}",
+                ),
+                (
+                    "negative_original_size",
+                    "[height, width] or null",
+                    "Negative micro-conditioning (with `negative_target_size`; both or neither).",
+                    "the positive ones",
+                    f"1..{MAX_CONDITIONING_PIXELS}",
+                ),
+                (
+                    "negative_crops_coords_top_left",
+                    "[top, left]",
+                    "Negative crop corner (with the negative sizes).",
+                    "[0, 0]",
+                    f"0..{MAX_CONDITIONING_PIXELS}",
+                ),
+                (
+                    "negative_target_size",
+                    "[height, width] or null",
+                    "Negative target size (with `negative_original_size`).",
+                    "the positive ones",
+                    f"1..{MAX_CONDITIONING_PIXELS}",
+                ),
+            )
+        ),
     )
 
 
@@ -240,8 +305,7 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     # 3. Numbers.
     steps = integer("num_inference_steps", get("num_inference_steps"), 1, limits.max_inference_steps)
     guidance = number("guidance_scale", get("guidance_scale"), 0.0, limits.max_guidance_scale)
-    width = _size("width", get("width"), limits)
-    height = _size("height", get("height"), limits)
+    width, height, aspect_ratio = resolve_size(payload, get("width"), get("height"), limits)
     seed = None if get("seed") is None else integer("seed", get("seed"), 0, MAX_SEED)
     images = integer("num_images_per_prompt", get("num_images_per_prompt"), 1, limits.max_images_per_prompt)
 
@@ -255,6 +319,9 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         sampler = choice("sampler", sampler, limits.samplers or SAMPLER_NAMES)
     schedule = choice("schedule", get("schedule"), SCHEDULE_NAMES)
     eta = None if get("eta") is None else float(number("eta", get("eta"), 0.0, 1.0))
+
+    # 4c. SDXL micro-conditioning.
+    conditioning = micro_conditioning(payload)
 
     # 5. Streaming and time budget.
     stream = payload.get("stream", False)
@@ -306,16 +373,9 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         sampler=sampler,
         schedule=schedule,
         eta=eta,
+        aspect_ratio=aspect_ratio,
+        **conditioning,
     )
-
-
-def _size(name: str, value: Any, limits: Limits) -> int:
-    value = integer(name, value, limits.min_size, limits.max_size)
-    if value % limits.size_multiple:
-        raise InvalidRequest(
-            f"`{name}` must be divisible by {limits.size_multiple} but is {value}", field=name, value=value
-        )
-    return value
 
 
 def markdown_table(limits: Limits = Limits(), defaults: Defaults = Defaults()) -> str:

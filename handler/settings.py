@@ -98,6 +98,11 @@ class HandlerSettings:
             if not isinstance(samplers, list) or not samplers or not set(samplers) <= set(SAMPLER_NAMES):
                 raise ConfigError(f"handler.limits.samplers must be a list of {', '.join(SAMPLER_NAMES)}: {samplers!r}")
             limits["samplers"] = tuple(samplers)
+        if "allowed_sizes" in limits:  # a yaml list of [width, height]: the only sizes requests may ask for
+            sizes = limits["allowed_sizes"]
+            if not isinstance(sizes, list) or not sizes or not all(_is_size(size) for size in sizes):
+                raise ConfigError(f"handler.limits.allowed_sizes must be a list of [width, height]: {sizes!r}")
+            limits["allowed_sizes"] = tuple(tuple(size) for size in sizes)
         limits = _build(Limits, limits, "handler.limits")
         defaults = _build(Defaults, section.pop("defaults", None), "handler.defaults")
         warmup = section.pop("warmup", None)
@@ -150,8 +155,11 @@ class HandlerSettings:
         return bool(self.overlap_side_work)
 
     def warmup_shapes(self) -> tuple[WarmupShape, ...]:
+        """``warmup`` as configured; else every allowed size when the yaml lists them; else the default size."""
         if self.warmup is not None:
             return self.warmup
+        if self.limits.allowed_sizes is not None:
+            return tuple(WarmupShape(width, height) for width, height in self.limits.allowed_sizes)
         return (WarmupShape(self.defaults.width, self.defaults.height),)
 
     def with_changes(self, **changes: Any) -> HandlerSettings:
@@ -185,3 +193,7 @@ def check_defaults(limits: Limits, defaults: Defaults) -> None:
         raise ConfigError(f"handler.defaults break handler.limits: {exc.message}") from None
     if limits.min_size > limits.max_size or limits.min_size < limits.size_multiple:
         raise ConfigError(f"handler.limits: need size_multiple <= min_size <= max_size, got {limits}")
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value)

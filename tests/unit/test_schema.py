@@ -54,9 +54,17 @@ def test_every_field_is_taken_from_the_request():
         "sampler": "ddim",
         "schedule": "trailing",
         "eta": 0,
+        "aspect_ratio": None,
+        "original_size": [512, 256],
+        "crops_coords_top_left": [8, 16],
+        "target_size": [768, 512],
+        "negative_original_size": [64, 64],
+        "negative_crops_coords_top_left": [0, 8],
+        "negative_target_size": [128, 128],
     }
     request = parse_request(body)
-    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0}
+    pairs = {name: tuple(value) for name, value in body.items() if isinstance(value, list)}
+    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0, **pairs}
     assert isinstance(request.guidance_scale, float)
 
 

@@ -1,0 +1,78 @@
+"""A request's text and size conditioning, exactly as ``StableDiffusionXLPipeline`` builds it, for one request.
+
+The text encoders see this request alone. A text longer than its encoder takes is refused (the pipeline
+would cut it, with only a log line). SDXL's micro-conditioning (original size, crop corner, target size, and
+the negative ones) follows the request's fields, with the pipeline's defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .errors import InvalidRequest
+from .schema import GenerationRequest
+
+
+def check_prompt_lengths(pipeline: Any, request: GenerationRequest) -> None:
+    """Each text goes to the encoders the pipeline gives it: ``prompt`` to both unless ``prompt_2`` is set,
+    ``prompt_2`` to the second (the same for the negative ones)."""
+    first, second = pipeline.tokenizer, pipeline.tokenizer_2
+    texts = [
+        ("prompt", request.prompt, [first] + ([second] if request.prompt_2 is None else [])),
+        ("prompt_2", request.prompt_2, [second]),
+        ("negative_prompt", request.negative_prompt, [first] + ([second] if request.negative_prompt_2 is None else [])),
+        ("negative_prompt_2", request.negative_prompt_2, [second]),
+    ]  # fmt: skip
+    for name, text, tokenizers in texts:
+        for tokenizer in (t for t in tokenizers if text and t is not None):
+            tokens = len(tokenizer(text, verbose=False).input_ids)
+            if tokens > tokenizer.model_max_length:
+                raise InvalidRequest(
+                    f"`{name}` is {tokens} tokens but the text encoders take at most "
+                    f"{tokenizer.model_max_length} (with start and end); shorten it",
+                    field=name,
+                    value=text,
+                )
+
+
+def time_ids(pipeline: Any, request: GenerationRequest, dtype: torch.dtype, negative: bool) -> torch.Tensor:
+    """SDXL's size conditioning, one row: (original size, crop corner, target size); the negative rows use
+    the negative fields when both negative sizes are set (the pipeline's rule), else the positive ones."""
+    size = (request.height, request.width)
+    original, crop, target = request.original_size or size, request.crops_coords_top_left, request.target_size or size
+    if negative and request.negative_original_size is not None:
+        original, crop = request.negative_original_size, request.negative_crops_coords_top_left
+        target = request.negative_target_size
+    return pipeline._get_add_time_ids(
+        tuple(original),
+        tuple(crop),
+        tuple(target),
+        dtype=dtype,
+        text_encoder_projection_dim=pipeline.text_encoder_2.config.projection_dim,
+    )
+
+
+def encode_conditioning(
+    pipeline: Any, device: torch.device, request: GenerationRequest, guidance: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prompt embeddings, pooled embeddings and time ids, rows ``[negative..., positive...]`` with guidance.
+    An empty negative prompt gives zero embeddings (the pipeline's rule)."""
+    check_prompt_lengths(pipeline, request)
+    images = request.num_images_per_prompt
+    embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(
+        prompt=request.prompt,
+        prompt_2=request.prompt_2,
+        device=device,
+        num_images_per_prompt=images,
+        do_classifier_free_guidance=guidance,
+        negative_prompt=request.negative_prompt or None,
+        negative_prompt_2=request.negative_prompt_2 or None,
+    )
+    positive_ids = time_ids(pipeline, request, embeds.dtype, negative=False).repeat(images, 1)
+    if guidance:
+        negative_ids = time_ids(pipeline, request, embeds.dtype, negative=True).repeat(images, 1)
+        embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
+        positive_ids = torch.cat([negative_ids, positive_ids])
+    return embeds.to(device), pooled.to(device), positive_ids.to(device)
