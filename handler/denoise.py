@@ -19,7 +19,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from .conditioning import encode_conditioning
-from .errors import ConfigError, NonFiniteImage
+from .errors import NonFiniteImage
 from .samplers import build_scheduler
 from .schema import GenerationRequest
 from .stages import Stage
@@ -43,6 +43,7 @@ class RequestState:
     scheduler: Any
     generators: list[torch.Generator]  # one per image, seeded seed + i
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step()
+    guidance_condition: torch.Tensor | None = None  # (images, D): a guidance-distilled UNet's guidance input
     step: int = 0
     forwards: int = 0  # UNet forwards it took part in
     started: float = field(default_factory=time.perf_counter)
@@ -96,14 +97,26 @@ class Denoiser:
                 path: a UNet forward over more latent pixels than this raises ``torch.OutOfMemoryError``.
         """
         self.memory_ceiling_latent_pixels = memory_ceiling_latent_pixels
-        if pipeline.unet.config.time_cond_proj_dim is not None:
-            raise ConfigError("guidance-distilled UNets (time_cond_proj_dim) are not supported")
         self.pipeline = pipeline
         self.device = device
 
+    @property
+    def guidance_embedding_dim(self) -> int | None:
+        """Set for a guidance-distilled UNet (LCM-SDXL): guidance is an input embedding, not a second batch."""
+        return self.pipeline.unet.config.time_cond_proj_dim
+
     def uses_guidance(self, request: GenerationRequest) -> bool:
-        """The pipeline's rule: classifier-free guidance only above 1."""
-        return request.guidance_scale > 1
+        """The pipeline's rule: classifier-free guidance only above 1, and never for a guidance-distilled UNet."""
+        return request.guidance_scale > 1 and self.guidance_embedding_dim is None
+
+    def guidance_condition(self, request: GenerationRequest, dtype: torch.dtype) -> torch.Tensor | None:
+        """A guidance-distilled UNet's per-image guidance embedding of ``guidance_scale - 1`` (the pipeline's
+        rule), so requests with different guidance still share one forward; None for any other UNet."""
+        if self.guidance_embedding_dim is None:
+            return None
+        scales = torch.tensor(request.guidance_scale - 1).repeat(request.num_images_per_prompt)
+        embedding = self.pipeline.get_guidance_scale_embedding(scales, embedding_dim=self.guidance_embedding_dim)
+        return embedding.to(device=self.device, dtype=dtype)
 
     @torch.inference_mode()
     def start(self, request: GenerationRequest) -> RequestState:
@@ -124,6 +137,7 @@ class Denoiser:
             scheduler=scheduler,
             generators=generators,
             step_kwargs=scheduler_step_kwargs(scheduler, generators, request.eta),
+            guidance_condition=self.guidance_condition(request, embeds.dtype),
             started=started,
         )
         state.timings_ms[Stage.ENCODE_PROMPT] = (time.perf_counter() - started) * 1000
@@ -179,10 +193,12 @@ class Denoiser:
                     f"simulated: {pixels} latent pixels in one UNet forward exceed "
                     f"memory_ceiling_latent_pixels={self.memory_ceiling_latent_pixels}"
                 )
+        distilled = self.guidance_embedding_dim is not None
         noise = self.pipeline.unet(
             batch_input,
             torch.cat(timesteps),
             encoder_hidden_states=torch.cat([s.embeds for s in states]),
+            timestep_cond=torch.cat([s.guidance_condition for s in states]) if distilled else None,
             added_cond_kwargs={"text_embeds": torch.cat([s.pooled for s in states]),
                                "time_ids": torch.cat([s.time_ids for s in states])},
             return_dict=False,

@@ -64,6 +64,20 @@ def choose_attention(setting: str, device: torch.device) -> str:
     return "xformers" if usable else "sdpa"
 
 
+def load_unet(path: str, source: str, dtype: torch.dtype) -> Any:
+    """A replacement UNet: a diffusers UNet folder (or hub id), or one ``.safetensors`` state dict on the base
+    model's UNet config (how SDXL-Lightning ships its 2/4/8-step UNets)."""
+    from diffusers import UNet2DConditionModel
+
+    if not path.endswith(".safetensors"):
+        return UNet2DConditionModel.from_pretrained(path, dtype=dtype)
+    from safetensors.torch import load_file
+
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(source, subfolder="unet"))
+    unet.load_state_dict(load_file(path))
+    return unet.to(dtype)
+
+
 def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = None) -> LoadedPipeline:
     """Load ``source`` (a diffusers folder or hub id) as configured by ``settings``.
 
@@ -78,10 +92,12 @@ def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = N
     device = resolve_device(settings.device, gpu_id)
     dtype = resolve_dtype(settings.dtype, device)
 
-    # 2. Load, replacing the VAE when configured (e.g. an fp16-safe one).
+    # 2. Load, replacing the VAE (e.g. an fp16-safe one) or the UNet (a distilled one) when configured.
     extra: dict[str, Any] = {}
     if settings.vae_path:
         extra["vae"] = AutoencoderKL.from_pretrained(settings.vae_path, dtype=dtype)
+    if settings.unet_path:
+        extra["unet"] = load_unet(settings.unet_path, source, dtype)
     pipeline = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, **extra)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)

@@ -37,6 +37,8 @@ class HandlerSettings:
         model_path (`str`, defaults to None): a diffusers folder or hub id to load; None loads the folder
             packed into the archive (the model dir).
         vae_path (`str`, defaults to None): optional replacement VAE (e.g. an fp16-safe one) folder or hub id.
+        unet_path (`str`, defaults to None): optional replacement UNet: a diffusers UNet folder or hub id, or one
+            ``.safetensors`` state dict for the base model's UNet config (SDXL-Lightning's N-step UNets).
         device (`str`, defaults to "auto"): "auto" uses the GPU TorchServe assigns, else the CPU.
         dtype (`str`, defaults to "auto"): "auto" is float16 on CUDA and float32 on CPU.
         attention (`str`, defaults to "auto"): "auto" uses xformers when importable and on CUDA, else
@@ -70,6 +72,7 @@ class HandlerSettings:
 
     model_path: str | None = None
     vae_path: str | None = None
+    unet_path: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"

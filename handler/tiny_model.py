@@ -118,12 +118,14 @@ def build_clip_tokenizer():
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
-def build_tiny_pipeline(seed: int = 0):
+def build_tiny_pipeline(seed: int = 0, time_cond_proj_dim: int | None = None):
     """A ``StableDiffusionXLPipeline`` with SDXL's architecture at toy sizes and seeded random weights.
 
     Args:
         seed (`int`, defaults to 0): seeds ``torch.manual_seed`` before each component is built, so the
             weights are identical on every machine.
+        time_cond_proj_dim (`int`, defaults to None): a guidance-distilled UNet (as LCM-SDXL's): the guidance
+            scale enters as an embedding of this size instead of a second, unconditional batch.
     """
     import torch
     from diffusers import (
@@ -174,6 +176,7 @@ def build_tiny_pipeline(seed: int = 0):
         # 6 time ids (original size, crop, target size) + text_encoder_2's pooled projection.
         projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + TEXT_PROJECTION_DIM,
         norm_num_groups=8,
+        time_cond_proj_dim=time_cond_proj_dim,
     )
     torch.manual_seed(seed)
     vae = AutoencoderKL(
