@@ -78,6 +78,23 @@ def load_unet(path: str, source: str, dtype: torch.dtype) -> Any:
     return unet.to(dtype)
 
 
+def fuse_loras(pipeline: Any, loras: tuple) -> None:
+    """Fuse ``handler.loras`` into the UNet and text encoders' weights, then drop the adapters: the pipeline
+    runs at base speed with the LoRAs baked in (one fixed set for every request)."""
+    if not loras:
+        return
+    names = []
+    for index, lora in enumerate(loras):
+        extra = {"weight_name": lora.weight_name} if lora.weight_name else {}
+        name = f"fused_{index}"
+        pipeline.load_lora_weights(lora.path, adapter_name=name, **extra)
+        names.append(name)
+    pipeline.set_adapters(names, adapter_weights=[lora.scale for lora in loras])
+    pipeline.fuse_lora(adapter_names=names)
+    pipeline.unload_lora_weights()
+    log.info("fused %d LoRA(s): %s", len(loras), ", ".join(f"{lora.path} x{lora.scale}" for lora in loras))
+
+
 def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = None) -> LoadedPipeline:
     """Load ``source`` (a diffusers folder or hub id) as configured by ``settings``.
 
@@ -99,6 +116,7 @@ def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = N
     if settings.unet_path:
         extra["unet"] = load_unet(settings.unet_path, source, dtype)
     pipeline = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, **extra)
+    fuse_loras(pipeline, settings.loras)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
 

@@ -20,6 +20,15 @@ COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotu
 
 
 @dataclass(frozen=True)
+class FusedLora:
+    """A LoRA fused into the pipeline's weights at load (``handler.loras``), e.g. LCM-LoRA for 4-step SDXL."""
+
+    path: str  # a folder, hub id or .safetensors file
+    scale: float = 1.0
+    weight_name: str | None = None  # the file inside a folder or hub repo, when it holds several
+
+
+@dataclass(frozen=True)
 class WarmupShape:
     """One warmup generation run in ``initialize`` before the model reports READY."""
 
@@ -39,6 +48,8 @@ class HandlerSettings:
         vae_path (`str`, defaults to None): optional replacement VAE (e.g. an fp16-safe one) folder or hub id.
         unet_path (`str`, defaults to None): optional replacement UNet: a diffusers UNet folder or hub id, or one
             ``.safetensors`` state dict for the base model's UNet config (SDXL-Lightning's N-step UNets).
+        loras (`list`, defaults to none): LoRAs fused into the weights at load, each ``{path, scale,
+            weight_name}`` (LCM-LoRA, a style LoRA): every request gets them, at no cost per step.
         device (`str`, defaults to "auto"): "auto" uses the GPU TorchServe assigns, else the CPU.
         dtype (`str`, defaults to "auto"): "auto" is float16 on CUDA and float32 on CPU.
         attention (`str`, defaults to "auto"): "auto" uses xformers when importable and on CUDA, else
@@ -73,6 +84,7 @@ class HandlerSettings:
     model_path: str | None = None
     vae_path: str | None = None
     unet_path: str | None = None
+    loras: tuple[FusedLora, ...] = ()
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"
@@ -108,6 +120,11 @@ class HandlerSettings:
             limits["allowed_sizes"] = tuple(tuple(size) for size in sizes)
         limits = _build(Limits, limits, "handler.limits")
         defaults = _build(Defaults, section.pop("defaults", None), "handler.defaults")
+        loras = section.pop("loras", None)
+        if loras is not None:
+            if not isinstance(loras, list):
+                raise ConfigError(f"handler.loras must be a list of {{path, scale, weight_name}} but is {loras!r}")
+            loras = tuple(_build(FusedLora, lora, "handler.loras[]") for lora in loras)
         warmup = section.pop("warmup", None)
         if warmup is not None:
             if not isinstance(warmup, list):
@@ -126,6 +143,7 @@ class HandlerSettings:
             limits=limits,
             defaults=defaults,
             warmup=warmup,
+            loras=loras or (),
             continuous=continuous,
             overlap_side_work=overlap,
         )

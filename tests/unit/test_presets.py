@@ -75,3 +75,50 @@ def test_a_distilled_unet_folder_loads_and_serves(tiny_model_dir, tiny_settings,
     assert core.loaded.pipeline.unet.config.time_cond_proj_dim == 32
     reply = core.handle(rows({"prompt": "a fox", "sampler": "lcm", "guidance_scale": 6.0}))[0]
     assert reply.status == 200 and reply.json()["batch"]["unet_forwards"] == 4
+
+
+def make_tiny_lora(folder):
+    """A tiny random LoRA on the tiny UNet's attention, saved as diffusers saves LoRAs (peft under the hood)."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from handler.tiny_model import build_tiny_pipeline
+
+    unet = build_tiny_pipeline().unet
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    unet.add_adapter(config)
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet))
+    return folder
+
+
+def test_a_lora_fused_at_load_gives_the_image_of_the_pipeline_with_that_lora(tiny_model_dir, tiny_settings, tmp_path):
+    from handler.settings import FusedLora
+
+    lora = make_tiny_lora(tmp_path / "lora")
+    settings = tiny_settings.with_changes(loras=(FusedLora(str(lora), scale=0.8),))
+    fused = Core(load_pipeline(str(tiny_model_dir), settings), settings)
+    assert not fused.loaded.pipeline.get_list_adapters()  # baked in: no adapter left to run per step
+    body = {"prompt": "a fox", "seed": 3}
+    ours = fused.handle(rows(body))[0]
+
+    reference = load_pipeline(str(tiny_model_dir), tiny_settings).pipeline
+    reference.load_lora_weights(str(lora), adapter_name="style")
+    reference.set_adapters(["style"], adapter_weights=[0.8])
+    expected = reference(prompt="a fox", num_inference_steps=4, guidance_scale=5.0, width=64, height=64,
+                         generator=[torch.Generator("cpu").manual_seed(3)]).images[0]  # fmt: skip
+    from tests.unit.test_core import decode_images
+    from tests.unit.test_generation import max_diff
+
+    assert max_diff(decode_images(ours)[0], expected) <= 1
+    base = Core(load_pipeline(str(tiny_model_dir), tiny_settings), tiny_settings).handle(rows(body))[0]
+    assert max_diff(decode_images(ours)[0], decode_images(base)[0]) > 1  # the LoRA changes the image
+
+
+def test_the_lcm_lora_preset_reads_its_lora_and_4_step_lcm_defaults():
+    settings = preset("sdxl-lcm-lora.yaml")
+    assert settings.loras[0].path.endswith("lcm-lora-sdxl") and settings.loras[0].scale == 1.0
+    assert (settings.defaults.sampler, settings.defaults.num_inference_steps) == ("lcm", 4)
+    with pytest.raises(Exception, match=r"handler\.loras"):
+        HandlerSettings.from_yaml({"handler": {"loras": [{"path": "x", "strength": 1}]}})
