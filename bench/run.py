@@ -10,6 +10,7 @@ Variants, all on the same requests (fixed seeds, one prompt per request):
   baseline-bB   TorchServe + a handler that gets the same batches but runs requests one at a time (B >= 4)
   streamed-b4   served-b4 with every request streamed (progress events), to price streaming
   samplers-b4   served-b4's model, each request on one of 6 first-order samplers in turn
+  steps20-b4 / preset4-b4   served-b4's model at 20 steps, and at a fast preset's 4 LCM steps without guidance
   mixed-*       ours and the baseline at batchSize 4 with 3 shapes/step counts interleaved
 Writes results.json (machine, versions, settings, every figure) and chart.png into --out.
 """
@@ -75,6 +76,8 @@ class PeakRSS:
 
 # First-order samplers (one UNet forward per step, like the default), so a mixed load does the same work.
 MIXED_SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "ddim", "unipc", "lcm")
+# What a fast preset asks for (config/sdxl-lcm-lora.yaml's defaults, guidance off as Turbo/Lightning).
+FAST_PRESET = {"num_inference_steps": 4, "sampler": "lcm", "schedule": "trailing", "guidance_scale": 1.0}
 
 
 def mixed_shapes(size: int, steps: int) -> list[tuple[int, int, int]]:
@@ -252,6 +255,10 @@ def run(args: argparse.Namespace) -> dict:
                     served_run(server, "streamed-b4", "streamed", 4, body_for, args, rounds, round_index)
                     samplers_body_for = lambda i: {**body_for(i), "sampler": MIXED_SAMPLERS[i % len(MIXED_SAMPLERS)]}  # noqa: E731
                     served_run(server, "samplers-b4", "samplers", 4, samplers_body_for, args, rounds, round_index)
+                    # A fast preset's request (4 trailing LCM steps, no guidance) against the 20-step default.
+                    for name, extra in (("steps20-b4", {"num_inference_steps": 20}), ("preset4-b4", FAST_PRESET)):
+                        preset_body_for = lambda i, extra=extra: {**body_for(i), **extra}  # noqa: E731
+                        served_run(server, name, "preset", 4, preset_body_for, args, rounds, round_index)
             for name, kind, model_batch, body in models:
                 if kind.startswith("mixed"):
                     served_run(server, name, kind, model_batch, body, args, rounds, round_index)
@@ -286,7 +293,7 @@ def record(rounds: dict, name: str, kind: str, batch_size: int, summary: dict, p
 def served_run(server, name, kind, batch_size, body_for, args, rounds, round_index) -> None:
     # "streamed-bB" is served-bB's model with every request streamed, to price streaming; "samplers-bB" the
     # same model with each request on another sampler, to show that mixed samplers still share every forward.
-    model = name.replace("streamed-", "served-").replace("samplers-", "served-")
+    model = f"served-b{batch_size}" if kind in ("streamed", "samplers", "preset") else name
     send = served_sender(server, model, body_for, stream=kind == "streamed")
     for index in range(2):  # warm the connection path and the worker
         send(10_000 + index)
@@ -316,6 +323,7 @@ def compared_pairs(names: set[str]) -> list[tuple[str, str, str]]:
     pairs += [
         ("streamed_over_served_b4", "streamed-b4", "served-b4"),
         ("mixed_samplers_over_served_b4", "samplers-b4", "served-b4"),
+        ("preset4_over_steps20_b4", "preset4-b4", "steps20-b4"),
         ("mixed_served_over_baseline_b4", "mixed-served-b4", "mixed-baseline-b4"),
     ]
     return [pair for pair in pairs if pair[1] in names and pair[2] in names]
