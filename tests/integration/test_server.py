@@ -137,7 +137,7 @@ def test_malformed_bodies_get_clear_400s(server):
         (b'["a cat"]', {"Content-Type": "application/json"}, "must be a JSON object but is an array"),
         (b'{"prompt": "a", "prompt": "b"}', {"Content-Type": "application/json"}, "more than once"),
         (b'{"prompt": "a", "guidance_scale": NaN}', {"Content-Type": "application/json"}, "not a JSON number"),
-        (b'{"prompt": "a", "sampler": "ddim"}', {"Content-Type": "application/json"}, "unknown field(s) `sampler`"),
+        (b'{"prompt": "a", "cfg_scale": 7}', {"Content-Type": "application/json"}, "unknown field(s) `cfg_scale`"),
         # curl -d without a Content-Type sends a form, which TorchServe's form decoder swallows.
         (b'{"prompt": "a"}', {"Content-Type": "application/x-www-form-urlencoded"}, "curl -d without it"),
     ]
