@@ -1,9 +1,9 @@
 """Every shipped monitoring query evaluated by a real Prometheus scraping a real TorchServe with known traffic.
 
 Prometheus scrapes the test server every second (with the pod labels Kubernetes would add) and loads the alert
-rules. The traffic: 6 good requests (8 images), 2 streamed, 4 rejected (400) and 2 that run out of their time
-budget (504). Each query must parse; each that a CPU server can produce must return what that traffic implies.
-Run with ``-s`` to see every expression and its value.
+rules. The traffic: one first request per step count, then 6 good requests (8 images), 2 streamed, 4 rejected
+(400) and 2 that run out of their time budget (504). Each query must parse; each that a CPU server can produce
+must return what that traffic implies. Run with ``-s`` to see every expression and its value.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ GOOD = [{"prompt": f"good {n}", "seed": n, "num_inference_steps": 2 + n % 2, "nu
 STREAMED = [{"prompt": f"streamed {n}", "stream": True, "num_inference_steps": 3} for n in range(2)]
 BAD = [{"prompt": "bad", "width": 7}, {"prompt": "bad", "steps": 3}, {"prompt": ""}, {"prompt": "x", "seed": -1}]
 LATE = [{"prompt": "late", "num_inference_steps": 50, "timeout_s": 0.05} for _ in range(2)]
+WARM = (2, 3)  # one request per step count before the traffic
 GPU_ONLY = {"GPUUtilization", "GPUMemoryUtilization", "sdxl_gpu_memory_allocated_bytes"}
 
 
@@ -64,14 +65,20 @@ def test_every_shipped_query_parses_and_reads_what_the_traffic_implies(monitored
     for name in ("ok", "client_error", "server_error", "disconnected"):
         assert wait_for(prometheus, outcome % name, 0) == 0, f"no zero {name} series at startup"
     assert wait_for(prometheus, 'sum(sdxl_requests_rejected_total{Reason="InvalidRequest"})', 0) == 0
-    time.sleep(3)  # a few scrapes at zero
+    # Histogram series (latency by Steps, time by Stage) appear with their first observation: one request per
+    # step count first, so that rate() over them sees the traffic below as a rise, however fast it is.
+    for steps in WARM:
+        assert server.predict({"prompt": "first", "num_inference_steps": steps}).status_code == 200
+    assert wait_for(prometheus, outcome % "ok", len(WARM)) == len(WARM)
+    time.sleep(3)  # a few scrapes before the traffic
 
     # 2. Known traffic, then scrapes until the counters show all of it.
     drive(server)
-    assert wait_for(prometheus, outcome % "ok", len(GOOD) + len(STREAMED)) == len(GOOD) + len(STREAMED)
+    ok = len(WARM) + len(GOOD) + len(STREAMED)
+    assert wait_for(prometheus, outcome % "ok", ok) == ok
     assert wait_for(prometheus, outcome % "client_error", len(BAD)) == len(BAD)
     assert wait_for(prometheus, outcome % "server_error", len(LATE)) == len(LATE)
-    assert wait_for(prometheus, "sum(sdxl_images_generated_total)", 10) == 10  # 8 good images + 2 streamed
+    assert wait_for(prometheus, "sum(sdxl_images_generated_total)", 12) == 12  # 2 first, 8 good, 2 streamed
     time.sleep(6)  # system metrics (every 5 s) and a few more scrapes for rate()
 
     # 3. Every shipped expression.
@@ -100,9 +107,9 @@ def test_every_shipped_query_parses_and_reads_what_the_traffic_implies(monitored
         '{Outcome="server_error"}': True,
         '{Outcome="disconnected"}': False,
     }
-    # 2 server errors in 14 requests (rates extrapolate each series on its own: not exactly 1/7).
+    # 2 server errors in 16 requests (rates extrapolate each series on its own: not exactly 1/8).
     assert 0.05 < only("dashboard", "Error rate (server errors / all) [error rate]") < 0.3
-    assert got[("alert", "SDXLErrorRateHigh")], "14 % server errors: the alert expression must return a series"
+    assert got[("alert", "SDXLErrorRateHigh")], "12.5 % server errors: the alert expression must return a series"
     reasons = got[("dashboard", "Rejections by reason (/s) [{{Reason}}]")]
     assert {labels for labels, value in reasons.items() if value > 0} == {
         '{Reason="InvalidRequest"}',
