@@ -12,6 +12,7 @@ Left out: ``dpmpp_sde`` (DPMSolverSDEScheduler needs torchsde, which pulls scipy
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,7 @@ def scheduler_class(name: str) -> type:
     return getattr(diffusers, name)
 
 
+@functools.cache  # per class: a request's admission should not inspect signatures again
 def schedules_of(scheduler_cls: type) -> tuple[str, ...]:
     """The schedules a scheduler class can follow: those whose options its constructor takes."""
     parameters = inspect.signature(scheduler_cls.__init__).parameters

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from handler.schema import parse_request
-from tests.unit.test_generation import make_engine, max_diff
+from tests.unit.test_generation import make_engine, max_diff, pipeline_image
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,7 @@ def request(guidance_scale, seed=7, **fields):
 
 
 def reference(loaded, guidance_scale, seed=7):
-    return loaded.pipeline(
-        prompt="a red cat",
-        num_inference_steps=4,
-        guidance_scale=guidance_scale,
-        width=64,
-        height=64,
-        generator=[torch.Generator("cpu").manual_seed(seed)],
-    ).images[0]
+    return pipeline_image(loaded.pipeline, seed, guidance_scale=guidance_scale)
 
 
 def test_a_guidance_distilled_unet_makes_the_pipelines_image_without_a_second_batch(distilled):

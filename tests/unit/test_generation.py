@@ -44,18 +44,24 @@ def max_diff(a, b) -> int:
     return int(np.abs(pixels(a) - pixels(b)).max())
 
 
+def pipeline_image(pipeline, seed: int = 7, **call):
+    """diffusers' own StableDiffusionXLPipeline on one request (the tiny defaults unless ``call`` says
+    otherwise), with a per-image CPU generator list as the engine uses."""
+    arguments = {"prompt": "a red cat", "num_inference_steps": 4, "guidance_scale": 5.0, "width": 64, "height": 64}
+    generator = [torch.Generator("cpu").manual_seed(seed)]
+    return pipeline(**{**arguments, **call}, generator=generator).images[0]
+
+
 def test_one_request_matches_the_diffusers_pipeline(engine, tiny_loaded, make):
     request = make(negative_prompt="blurry", num_inference_steps=5, width=96)
     ours = run(engine, [request])[0][0]
-    reference = tiny_loaded.pipeline(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
+    reference = pipeline_image(
+        tiny_loaded.pipeline,
+        negative_prompt="blurry",
         num_inference_steps=5,
         guidance_scale=request.guidance_scale,
         width=96,
-        height=64,
-        generator=[torch.Generator("cpu").manual_seed(7)],
-    ).images[0]
+    )
     assert max_diff(ours, reference) <= 1
 
 

@@ -4,12 +4,11 @@ import json
 
 import diffusers
 import pytest
-import torch
 
 from handler.core import Core
 from handler.samplers import SAMPLER_NAMES, SAMPLERS, SCHEDULES, build_scheduler, schedules_of
 from handler.schema import parse_request
-from tests.unit.test_generation import make_engine, max_diff
+from tests.unit.test_generation import make_engine, max_diff, pipeline_image
 
 
 @pytest.fixture
@@ -35,17 +34,7 @@ def reference_image(loaded, monkeypatch, sampler, schedule="default", eta=None, 
     )
     with monkeypatch.context() as patch:
         patch.setattr(pipeline, "scheduler", scheduler)
-        extra = {} if eta is None else {"eta": eta}
-        return pipeline(
-            prompt="a red cat",
-            num_inference_steps=4,
-            guidance_scale=5.0,
-            width=64,
-            height=64,
-            generator=[torch.Generator("cpu").manual_seed(7)],
-            **extra,
-            **call,
-        ).images[0]
+        return pipeline_image(pipeline, **({} if eta is None else {"eta": eta}), **call)
 
 
 @pytest.mark.parametrize("sampler", SAMPLER_NAMES)

@@ -3,13 +3,12 @@
 import json
 
 import pytest
-import torch
 
 from handler.core import Core
 from handler.schema import Defaults, Limits, parse_request
 from handler.settings import HandlerSettings
 from handler.sizes import SDXL_BUCKETS
-from tests.unit.test_generation import make_engine, max_diff
+from tests.unit.test_generation import make_engine, max_diff, pipeline_image
 
 
 def rows(*bodies):
@@ -29,15 +28,7 @@ def test_micro_conditioning_fields_make_the_pipelines_image(tiny_loaded, tiny_se
         {"prompt": "a red cat", "seed": 7, **conditioning}, tiny_settings.limits, tiny_settings.defaults
     )
     ours = make_engine(tiny_loaded).generate([request])[0][0]
-    reference = tiny_loaded.pipeline(
-        prompt="a red cat",
-        num_inference_steps=4,
-        guidance_scale=5.0,
-        width=64,
-        height=64,
-        generator=[torch.Generator("cpu").manual_seed(7)],
-        **{name: tuple(value) for name, value in conditioning.items()},
-    ).images[0]
+    reference = pipeline_image(tiny_loaded.pipeline, **{name: tuple(value) for name, value in conditioning.items()})
     assert max_diff(ours, reference) <= 1
     plain = make_engine(tiny_loaded).generate([parse_request({"prompt": "a red cat", "seed": 7}, tiny_settings.limits,
                                                              tiny_settings.defaults)])[0][0]  # fmt: skip
