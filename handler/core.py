@@ -110,8 +110,9 @@ class Core:
         # 1. TorchServe stops re-sending a request whose connection closed: free what it held.
         for request_id in set(self.flights) - set(request_ids):
             gone = self.flights.pop(request_id)
-            if gone.pending is not None:
-                gone.pending.cancel()
+            for job in (gone.preparing, gone.pending):
+                if job is not None:
+                    job.cancel()
             call.disconnected += 1
             log.info("request %s left: its client disconnected", request_id)
 

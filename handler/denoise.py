@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from .conditioning import encode_conditioning
 from .errors import NonFiniteImage
+from .init_latents import Inpainting, LatentPreparer
 from .samplers import build_scheduler
 from .schema import GenerationRequest
 from .stages import Stage
@@ -39,11 +39,14 @@ class RequestState:
     embeds: torch.Tensor  # (rows, 77, D): [negative images..., positive images...] with guidance
     pooled: torch.Tensor  # (rows, P)
     time_ids: torch.Tensor  # (rows, 6)
-    latents: torch.Tensor  # (images, C, h, w)
+    latents: torch.Tensor | None  # (images, C, h, w); None until prepared (:meth:`Denoiser.prepare_latents`)
     scheduler: Any
+    timesteps: torch.Tensor  # its own: all of the schedule, or its end (img2img strength)
     generators: list[torch.Generator]  # one per image, seeded seed + i
     step_kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of its scheduler's step()
     guidance_condition: torch.Tensor | None = None  # (images, D): a guidance-distilled UNet's guidance input
+    unet_extra: torch.Tensor | None = None  # an inpainting UNet's extra input channels, per UNet row
+    inpainting: Inpainting | None = None  # a 4-channel UNet's inpainting: blended back after each step
     step: int = 0
     forwards: int = 0  # UNet forwards it took part in
     started: float = field(default_factory=time.perf_counter)
@@ -51,7 +54,7 @@ class RequestState:
 
     @property
     def total_steps(self) -> int:
-        return len(self.scheduler.timesteps)
+        return len(self.timesteps)
 
     @property
     def finished(self) -> bool:
@@ -80,12 +83,21 @@ def scheduler_step_kwargs(scheduler: Any, generators: list[torch.Generator], eta
     return kwargs
 
 
+def keep_unmasked(image: Any, request: GenerationRequest) -> Any:
+    """Inpainting with ``keep_unmasked``: the input's own pixels outside the mask (the mask as alpha)."""
+    if request.mask_image is None or not request.keep_unmasked:
+        return image
+    from PIL import Image
+
+    return Image.composite(image, request.image.pixels, request.mask_image.pixels)
+
+
 class Denoiser:
     """Starts, steps and decodes requests on one SDXL pipeline.
 
     :meth:`start` prepares a request through small named seams, each the one place a feature plugs in:
     :meth:`encode_conditioning` (prompts, micro-conditioning), :meth:`make_scheduler` (the sampler),
-    :meth:`set_timesteps` (step count, strength), :meth:`initial_latents` (noise, an init image).
+    :meth:`set_timesteps` (step count, strength), :meth:`prepare_latents` (noise, an init image, a mask).
     """
 
     def __init__(self, pipeline: Any, device: torch.device, memory_ceiling_latent_pixels: int | None = None):
@@ -99,6 +111,7 @@ class Denoiser:
         self.memory_ceiling_latent_pixels = memory_ceiling_latent_pixels
         self.pipeline = pipeline
         self.device = device
+        self.latents = LatentPreparer(pipeline, device)
 
     @property
     def guidance_embedding_dim(self) -> int | None:
@@ -120,12 +133,12 @@ class Denoiser:
 
     @torch.inference_mode()
     def start(self, request: GenerationRequest) -> RequestState:
-        """Prepare one request: conditioning, its own scheduler and timesteps, seeded generators, latents."""
+        """Prepare one request: conditioning, its own scheduler and timesteps, seeded generators, and its
+        latents unless they need the VAE encoder (:meth:`needs_vae`: then :meth:`prepare_latents`, later)."""
         started = time.perf_counter()
         guidance = self.uses_guidance(request)
         embeds, pooled, time_ids = self.encode_conditioning(request, guidance)
         scheduler = self.make_scheduler(request)
-        self.set_timesteps(scheduler, request)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in image_seeds(request)]
         state = RequestState(
             request=request,
@@ -133,14 +146,35 @@ class Denoiser:
             embeds=embeds,
             pooled=pooled,
             time_ids=time_ids,
-            latents=self.initial_latents(request, scheduler, generators, embeds.dtype),
+            latents=None,
             scheduler=scheduler,
+            timesteps=self.set_timesteps(scheduler, request),
             generators=generators,
             step_kwargs=scheduler_step_kwargs(scheduler, generators, request.eta),
             guidance_condition=self.guidance_condition(request, embeds.dtype),
             started=started,
         )
         state.timings_ms[Stage.ENCODE_PROMPT] = (time.perf_counter() - started) * 1000
+        if not self.needs_vae(request):
+            self.prepare_latents(state)
+        return state
+
+    def needs_vae(self, request: GenerationRequest) -> bool:
+        """Its first latents need the VAE encoder (an init image; an inpainting UNet's blank image the first
+        time a size is seen): the engine prepares them beside the steps."""
+        return self.latents.needs_vae(request)
+
+    @torch.inference_mode()
+    def prepare_latents(self, state: RequestState) -> RequestState:
+        """Its first latents (:mod:`handler.init_latents`), timed as ``vae_encode`` when the VAE ran."""
+        started = time.perf_counter()
+        encoded = self.needs_vae(state.request)
+        prepared = self.latents.prepare(
+            state.request, state.scheduler, state.timesteps, state.generators, state.guidance
+        )
+        state.latents, state.unet_extra, state.inpainting = prepared.latents, prepared.unet_extra, prepared.inpainting
+        if encoded:
+            state.timings_ms[Stage.VAE_ENCODE] = (time.perf_counter() - started) * 1000
         return state
 
     # -- the per-request seams ----------------------------------------------------------------------
@@ -156,24 +190,14 @@ class Denoiser:
         (:mod:`handler.samplers`), never the shared one, so it can sit at any step whatever the others do."""
         return build_scheduler(request.sampler, request.schedule, request.eta, self.pipeline.scheduler)
 
-    def set_timesteps(self, scheduler: Any, request: GenerationRequest) -> None:
+    def set_timesteps(self, scheduler: Any, request: GenerationRequest) -> torch.Tensor:
+        """The request's timesteps: the whole schedule of ``num_inference_steps``, or with an image its last
+        ``denoising_steps`` (the img2img pipelines' cut, with the scheduler's begin index set to match)."""
         scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+        start = (request.num_inference_steps - request.denoising_steps) * scheduler.order
         if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
-
-    def initial_latents(
-        self, request: GenerationRequest, scheduler: Any, generators: list[torch.Generator], dtype: torch.dtype
-    ) -> torch.Tensor:
-        """Seeded noise, one CPU generator per image (the same noise on any device), at the first sigma."""
-        pipe = self.pipeline
-        shape = (
-            request.num_images_per_prompt,
-            pipe.unet.config.in_channels,
-            request.height // pipe.vae_scale_factor,
-            request.width // pipe.vae_scale_factor,
-        )
-        latents = randn_tensor(shape, generator=generators, device=self.device, dtype=dtype)
-        return latents * scheduler.init_noise_sigma
+            scheduler.set_begin_index(start)
+        return scheduler.timesteps[start:]
 
     @torch.inference_mode()
     def step(self, states: list[RequestState]) -> None:
@@ -181,9 +205,10 @@ class Denoiser:
         # 1. One UNet batch: per state [negative rows, positive rows] (or positive only without guidance).
         inputs, timesteps = [], []
         for state in states:
-            t = state.scheduler.timesteps[state.step]
+            t = state.timesteps[state.step]
             scaled = state.scheduler.scale_model_input(state.latents, t)
-            inputs.append(torch.cat([scaled] * (2 if state.guidance else 1)))
+            rows = torch.cat([scaled] * (2 if state.guidance else 1))
+            inputs.append(rows if state.unet_extra is None else torch.cat([rows, state.unet_extra], dim=1))
             timesteps.append(t.expand(state.unet_rows))
         batch_input = torch.cat(inputs)
         if self.memory_ceiling_latent_pixels is not None:
@@ -212,10 +237,11 @@ class Denoiser:
             if state.guidance:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + state.request.guidance_scale * (cond - uncond)
-            t = state.scheduler.timesteps[state.step]
-            state.latents = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)[
-                0
-            ]
+            t = state.timesteps[state.step]
+            latents = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)[0]
+            if state.inpainting is not None:
+                latents = state.inpainting.blend(latents, state.scheduler, state.timesteps, state.step)
+            state.latents = latents
             state.step += 1
             state.forwards += 1
 
@@ -245,9 +271,10 @@ class Denoiser:
                 decoded[slices[i]] = again[offset : offset + count].float()
                 offset += count
         result: list[list[Any] | BaseException] = []
-        for rows in slices:
+        for rows, state in zip(slices, states, strict=True):
             if torch.isfinite(decoded[rows]).all():
-                result.append(self.pipeline.image_processor.postprocess(decoded[rows], output_type="pil"))
+                images = self.pipeline.image_processor.postprocess(decoded[rows], output_type="pil")
+                result.append([keep_unmasked(image, state.request) for image in images])
             else:
                 result.append(NonFiniteImage("the VAE decoded NaN/inf values even in float32 (a black image)"))
         return result

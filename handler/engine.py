@@ -43,8 +43,8 @@ StepHook = Callable[[list["Flight"]], None]
 class Flight:
     """One request in the engine, from admission until its outcome is known.
 
-    Its life: denoising (stepped with the others) -> finishing (decode + encode, on the side worker) -> done
-    (``outcome`` set).
+    Its life: preparing (an init image's VAE encode, on the side worker) -> denoising (stepped with the others)
+    -> finishing (decode + encode, on the side worker) -> done (``outcome`` set).
     """
 
     key: str  # the request id that identifies it across handler calls
@@ -53,6 +53,7 @@ class Flight:
     joined_call: int = 0
     in_flight_at_join: int = 0  # requests already in the engine when it joined
     group: dict[str, int] | None = None  # static batching: the size group it was admitted in
+    preparing: Future | None = None  # its first latents' job on the side worker (the VAE encoder)
     pending: Future | None = None  # its finish job on the side worker
     committed: bool = False  # bytes went out (HTTP 200 and headers sent): its last reply is a stream's end
     shared_steps: int = 0  # steps whose UNet forward it shared with other requests
@@ -73,7 +74,7 @@ class Flight:
 
     @property
     def denoising(self) -> bool:
-        return self.pending is None and not self.done and not self.state.finished
+        return self.preparing is None and self.pending is None and not self.done and not self.state.finished
 
     def fail(self, error: BaseException) -> None:
         self.done, self.outcome = True, error
@@ -99,10 +100,19 @@ class Engine:
         self.row_caps: dict[GroupKey, int] = {}
 
     def admit(self, request: GenerationRequest, key: str, arrived: float, **details: Any) -> Flight:
-        """Prepare a request (conditioning, its own scheduler, seeded noise): it takes its first step next."""
-        flight = Flight(key, self.denoiser.start(request), arrived, **details)
-        flight.timings_ms[Stage.ENCODE_PROMPT] = flight.state.timings_ms[Stage.ENCODE_PROMPT]
+        """Prepare a request (conditioning, its own scheduler, seeded noise): it takes its first step next. An
+        init image is VAE-encoded on the side worker (beside the steps when it overlaps): it joins when done."""
+        state = self.denoiser.start(request)
+        flight = Flight(key, state, arrived, **details)
+        flight.timings_ms[Stage.ENCODE_PROMPT] = state.timings_ms[Stage.ENCODE_PROMPT]
+        if state.latents is None:
+            flight.preparing = self.side.submit(lambda: self._prepare(state))
         return flight
+
+    def _prepare(self, state: RequestState) -> RequestState:
+        self.denoiser.prepare_latents(state)
+        self.side.share(*(t for t in (state.latents, state.unet_extra) if t is not None))
+        return state
 
     def advance(self, flights: Iterable[Flight], max_steps: int | None = None, on_step: StepHook | None = None) -> int:
         """Run up to ``max_steps`` shared steps (None: until none is left denoising), hand the finishers to the
@@ -112,16 +122,20 @@ class Engine:
         flights = list(flights)
         steps = 0
         while max_steps is None or steps < max_steps:
+            self._join_prepared(flights, wait=False)
             active = [f for f in flights if f.denoising]
             if not active:
-                break
+                if not any(f.preparing is not None for f in flights):
+                    break
+                self._join_prepared(flights, wait=True)  # nothing to step until an image is encoded
+                continue
             self._step(active)
             steps += 1
             if on_step is not None:
                 on_step(active)
             self._hand_over([f for f in active if not f.done and f.state.finished])
         # With nobody left to stall, wait for the side work instead of returning with nothing done.
-        while any(f.pending is not None for f in flights) and not any(f.denoising for f in flights):
+        while any(f.pending is not None for f in flights) and not any(f.denoising or f.preparing for f in flights):
             self._collect(flights, wait=True)
         self._collect(flights, wait=False)
         return steps
@@ -205,6 +219,25 @@ class Engine:
         for part in (pending[:half], pending[half:]):
             if part:
                 self._step_isolated(key, part)
+
+    def _join_prepared(self, flights: list[Flight], wait: bool) -> None:
+        """Flights whose first latents are ready start denoising (with ``wait``: at least one, if any)."""
+        preparing = {f.preparing for f in flights if f.preparing is not None}
+        if wait and preparing:
+            futures.wait(preparing, return_when=futures.FIRST_COMPLETED)
+        for flight in flights:
+            job = flight.preparing
+            if job is None or not job.done():
+                continue
+            flight.preparing = None
+            try:
+                job.result()
+            except Exception as exc:  # this request's error
+                log.warning("request %s: preparing its latents failed", flight.key, exc_info=True)
+                flight.fail(exc)
+                continue
+            if Stage.VAE_ENCODE in flight.state.timings_ms:
+                flight.timings_ms[Stage.VAE_ENCODE] = flight.state.timings_ms[Stage.VAE_ENCODE]
 
     # -- 4: finishing, on the side worker -----------------------------------------------------------
 

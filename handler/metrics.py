@@ -68,6 +68,7 @@ METRICS = (LATENCY, STAGE, IMAGES, REQUESTS, REJECTED, BATCH, GPU_MEMORY)
 
 STAGES = {
     Stage.ENCODE_PROMPT: "text_encoding",
+    Stage.VAE_ENCODE: "vae_encode",
     Stage.DENOISE: "denoising",
     Stage.VAE_DECODE: "vae_decode",
     Stage.ENCODE_IMAGE: "image_encoding",

@@ -14,8 +14,9 @@ from typing import Any
 
 from .checks import choice, integer, json_type, number, short, text
 from .errors import InvalidRequest
+from .images import RESIZE_MODES, InputImage, image_options, output_size, read_inputs
 from .samplers import SAMPLER_NAMES, SCHEDULE_NAMES
-from .sizes import MAX_CONDITIONING_PIXELS, SDXL_BUCKETS, micro_conditioning, resolve_size
+from .sizes import MAX_CONDITIONING_PIXELS, SDXL_BUCKETS, micro_conditioning
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 RESPONSE_FORMATS = ("json", "image")
@@ -37,6 +38,8 @@ class Limits:
     max_timeout_s: float = 600.0
     samplers: tuple[str, ...] | None = None  # None: every sampler of handler.samplers
     allowed_sizes: tuple[tuple[int, int], ...] | None = None  # (width, height); None: any size within bounds
+    max_image_bytes: int = 10 * 2**20  # per input image, encoded (TorchServe's max_request_size must fit two)
+    max_image_side: int = 4096  # per side of an input image, before any resize_mode
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,9 @@ class Defaults:
     sampler: str | None = None  # None: the model's own scheduler
     schedule: str = "default"
     eta: float | None = None
+    strength: float = 0.8
+    resize_mode: str = "none"
+    keep_unmasked: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,10 +91,25 @@ class GenerationRequest:
     negative_original_size: tuple[int, int] | None = None
     negative_crops_coords_top_left: tuple[int, int] = (0, 0)
     negative_target_size: tuple[int, int] | None = None
+    image: InputImage | None = None  # img2img / inpainting: the init image, at width x height
+    strength: float | None = None  # set exactly when `image` is
+    mask_image: InputImage | None = None  # inpainting: white = repaint
+    resize_mode: str | None = None  # set exactly when `image` is
+    keep_unmasked: bool | None = None  # set exactly when `mask_image` is
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps it runs: all of ``num_inference_steps``, or with an image the last ``int(steps x strength)``
+        (diffusers' rule, so a timestep schedule is the same whatever the strength)."""
+        if self.strength is None:
+            return self.num_inference_steps
+        return min(int(self.num_inference_steps * self.strength), self.num_inference_steps)
 
     def parameters(self) -> dict[str, Any]:
-        """The effective parameters, as echoed in the response (a full reproducibility record)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The effective parameters, as echoed in the response (a full reproducibility record; input images
+        by their sha256 and size, never themselves)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: v.record() if isinstance(v, InputImage) else v for name, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -267,6 +288,57 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
                 ),
             )
         ),
+        *image_fields(limits, defaults),
+    )
+
+
+def image_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
+    """img2img and inpainting (:mod:`handler.images` checks the images)."""
+    sides = f"{limits.min_size}..{limits.max_image_side}"
+    image_bounds = f"PNG / JPEG / WebP, <= {limits.max_image_bytes} bytes, sides {sides}"
+    return (
+        Field(
+            "image",
+            "string or null",
+            "img2img: the init image, base64 or a `data:image/...;base64,` URL. EXIF orientation is applied and "
+            "any mode converted to RGB. `width`/`height` left out take the image's size; a different size needs "
+            "`resize_mode`. Echoed as its sha256 and size, never itself.",
+            "null",
+            image_bounds,
+        ),
+        Field(
+            "strength",
+            "number",
+            "With `image`: how much to change it. The last `int(num_inference_steps x strength)` steps run "
+            "(at least 1), from the image noised to that step; 1 starts from noise (inpainting) or all but.",
+            str(defaults.strength),
+            "0..1",
+        ),
+        Field(
+            "mask_image",
+            "string or null",
+            "Inpainting, with `image`: white repaints, black keeps (grayscale, binarized at 50%); same size as "
+            "`image`.",
+            "null",
+            image_bounds,
+        ),
+        Field(
+            "resize_mode",
+            "string",
+            "With `image`: `none` refuses an image whose size differs from `width` x `height`; `resize` "
+            "stretches it, `crop` keeps its aspect ratio and centre-crops, `fill` keeps it and fills the border "
+            "(diffusers' resize modes). The mask follows the image.",
+            json.dumps(defaults.resize_mode),
+            " / ".join(RESIZE_MODES),
+        ),
+        Field(
+            "keep_unmasked",
+            "boolean",
+            "With `mask_image`: pixels outside the mask are the input's own, pasted back after decoding (the VAE "
+            "round trip shifts them slightly); false returns the raw decode, as diffusers does.",
+            json.dumps(defaults.keep_unmasked),
+            "",
+        ),
     )
 
 
@@ -305,7 +377,8 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     # 3. Numbers.
     steps = integer("num_inference_steps", get("num_inference_steps"), 1, limits.max_inference_steps)
     guidance = number("guidance_scale", get("guidance_scale"), 0.0, limits.max_guidance_scale)
-    width, height, aspect_ratio = resolve_size(payload, get("width"), get("height"), limits)
+    image, mask_image = read_inputs(payload, limits)
+    width, height, aspect_ratio = output_size(payload, get, image, limits)
     seed = None if get("seed") is None else integer("seed", get("seed"), 0, MAX_SEED)
     images = integer("num_images_per_prompt", get("num_images_per_prompt"), 1, limits.max_images_per_prompt)
 
@@ -322,6 +395,9 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
 
     # 4c. SDXL micro-conditioning.
     conditioning = micro_conditioning(payload)
+
+    # 4d. img2img and inpainting.
+    inputs = image_options(payload, get, image, mask_image, steps, width, height)
 
     # 5. Streaming and time budget.
     stream = payload.get("stream", False)
@@ -375,6 +451,7 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         eta=eta,
         aspect_ratio=aspect_ratio,
         **conditioning,
+        **inputs,
     )
 
 

@@ -7,6 +7,7 @@ from enum import Enum
 
 class Stage(str, Enum):
     ENCODE_PROMPT = "encode_prompt"  # text encoders, micro-conditioning, noise
+    VAE_ENCODE = "vae_encode"  # img2img / inpainting: the init and masked images into latents (when it ran)
     DENOISE = "denoise"  # from its first denoising step to its last
     VAE_DECODE = "vae_decode"
     ENCODE_IMAGE = "encode_image"  # PNG / JPEG / WebP

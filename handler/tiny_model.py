@@ -118,7 +118,7 @@ def build_clip_tokenizer():
         return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
 
 
-def build_tiny_pipeline(seed: int = 0, time_cond_proj_dim: int | None = None):
+def build_tiny_pipeline(seed: int = 0, time_cond_proj_dim: int | None = None, inpainting: bool = False):
     """A ``StableDiffusionXLPipeline`` with SDXL's architecture at toy sizes and seeded random weights.
 
     Args:
@@ -126,6 +126,8 @@ def build_tiny_pipeline(seed: int = 0, time_cond_proj_dim: int | None = None):
             weights are identical on every machine.
         time_cond_proj_dim (`int`, defaults to None): a guidance-distilled UNet (as LCM-SDXL's): the guidance
             scale enters as an embedding of this size instead of a second, unconditional batch.
+        inpainting (`bool`, defaults to False): an inpainting UNet (as SDXL-inpainting's): 9 input channels,
+            latents + mask + masked-image latents.
     """
     import torch
     from diffusers import (
@@ -162,6 +164,7 @@ def build_tiny_pipeline(seed: int = 0, time_cond_proj_dim: int | None = None):
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=32,
+        in_channels=9 if inpainting else 4,
         block_out_channels=(32, 64),
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -201,10 +204,10 @@ def build_tiny_pipeline(seed: int = 0, time_cond_proj_dim: int | None = None):
     )
 
 
-def save_tiny_pipeline(folder: str | Path, seed: int = 0) -> Path:
+def save_tiny_pipeline(folder: str | Path, seed: int = 0, inpainting: bool = False) -> Path:
     """Build the tiny pipeline and save it as a diffusers folder (safetensors). Returns the folder."""
     folder = Path(folder)
-    build_tiny_pipeline(seed).save_pretrained(folder)
+    build_tiny_pipeline(seed, inpainting=inpainting).save_pretrained(folder)
     return folder
 
 
@@ -212,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="where to write the diffusers folder")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
+    parser.add_argument("--inpainting", action="store_true", help="a 9-channel inpainting UNet")
     args = parser.parse_args(argv)
-    folder = save_tiny_pipeline(args.folder, args.seed)
+    folder = save_tiny_pipeline(args.folder, args.seed, args.inpainting)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     print(f"tiny SDXL pipeline written to {folder} ({size / 1e6:.1f} MB)")
 

@@ -85,7 +85,7 @@ def test_hundreds_of_malformed_requests_get_4xx_json_and_the_worker_survives(ser
 
 
 def test_request_body_over_the_size_limit_is_a_4xx(server):
-    huge = json.dumps({"prompt": "x" * 2_000_000}).encode()
+    huge = json.dumps({"prompt": "x" * 34_000_000}).encode()  # max_request_size is 32 MiB (image inputs)
     response = requests.post(
         f"{server.inference_url}/predictions/{MODEL_NAME}", data=huge, headers={**server.headers(), **JSON}, timeout=60
     )

@@ -13,6 +13,7 @@ from handler.schema import (
     markdown_table,
     parse_request,
 )
+from tests.images import b64, half_mask, picture
 
 
 def test_defaults_fill_every_left_out_field():
@@ -61,10 +62,17 @@ def test_every_field_is_taken_from_the_request():
         "negative_original_size": [64, 64],
         "negative_crops_coords_top_left": [0, 8],
         "negative_target_size": [128, 128],
+        "image": b64(picture(512, 768)),
+        "strength": 0.5,
+        "mask_image": b64(half_mask(512, 768)),
+        "resize_mode": "crop",
+        "keep_unmasked": False,
     }
     request = parse_request(body)
     pairs = {name: tuple(value) for name, value in body.items() if isinstance(value, list)}
-    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0, **pairs}
+    images = {name: getattr(request, name).record() for name in ("image", "mask_image")}
+    assert images["image"]["width"] == 512 and images["mask_image"]["height"] == 768
+    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0, **pairs, **images}
     assert isinstance(request.guidance_scale, float)
 
 
