@@ -112,7 +112,11 @@ def read_image(name: str, value: Any, limits: Any, mask: bool = False) -> InputI
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidRequest(f"`{name}` is too large to decode: {exc}", field=name) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+    except UnidentifiedImageError:
+        raise InvalidRequest(
+            f"`{name}` is not a readable {kind} image: Pillow cannot identify it", field=name
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidRequest(f"`{name}` is not a readable {kind} image: {exc}", field=name) from None
     return InputImage(image, sha256, kind, len(data), width, height)
 
