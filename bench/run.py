@@ -11,6 +11,8 @@ Variants, all on the same requests (fixed seeds, one prompt per request):
   streamed-b4   served-b4 with every request streamed (progress events), to price streaming
   samplers-b4   served-b4's model, each request on one of 6 first-order samplers in turn
   steps20-b4 / preset4-b4   served-b4's model at 20 steps, and at a fast preset's 4 LCM steps without guidance
+  img2img-mixed-b4  served-b4's model, every other request img2img at strength 1 (the same steps, plus an
+                VAE encode of its init image), to price image inputs in a shared batch
   mixed-*       ours and the baseline at batchSize 4 with 3 shapes/step counts interleaved
 Writes results.json (machine, versions, settings, every figure) and chart.png into --out.
 """
@@ -78,6 +80,20 @@ class PeakRSS:
 MIXED_SAMPLERS = ("euler", "euler_a", "dpmpp_2m", "ddim", "unipc", "lcm")
 # What a fast preset asks for (config/sdxl-lcm-lora.yaml's defaults, guidance off as Turbo/Lightning).
 FAST_PRESET = {"num_inference_steps": 4, "sampler": "lcm", "schedule": "trailing", "guidance_scale": 1.0}
+
+
+def init_image_base64(size: int) -> str:
+    """A seeded size x size PNG for the img2img requests (base64)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.RandomState(0).randint(0, 256, (size, size, 3)).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def mixed_shapes(size: int, steps: int) -> list[tuple[int, int, int]]:
@@ -259,6 +275,9 @@ def run(args: argparse.Namespace) -> dict:
                     for name, extra in (("steps20-b4", {"num_inference_steps": 20}), ("preset4-b4", FAST_PRESET)):
                         preset_body_for = lambda i, extra=extra: {**body_for(i), **extra}  # noqa: E731
                         served_run(server, name, "preset", 4, preset_body_for, args, rounds, round_index)
+                    image = {"image": init_image_base64(size), "strength": 1.0}
+                    img2img_body_for = lambda i, image=image: {**body_for(i), **(image if i % 2 else {})}  # noqa: E731
+                    served_run(server, "img2img-mixed-b4", "img2img", 4, img2img_body_for, args, rounds, round_index)
             for name, kind, model_batch, body in models:
                 if kind.startswith("mixed"):
                     served_run(server, name, kind, model_batch, body, args, rounds, round_index)
@@ -293,7 +312,7 @@ def record(rounds: dict, name: str, kind: str, batch_size: int, summary: dict, p
 def served_run(server, name, kind, batch_size, body_for, args, rounds, round_index) -> None:
     # "streamed-bB" is served-bB's model with every request streamed, to price streaming; "samplers-bB" the
     # same model with each request on another sampler, to show that mixed samplers still share every forward.
-    model = f"served-b{batch_size}" if kind in ("streamed", "samplers", "preset") else name
+    model = f"served-b{batch_size}" if kind in ("streamed", "samplers", "preset", "img2img") else name
     send = served_sender(server, model, body_for, stream=kind == "streamed")
     for index in range(2):  # warm the connection path and the worker
         send(10_000 + index)
@@ -324,6 +343,7 @@ def compared_pairs(names: set[str]) -> list[tuple[str, str, str]]:
         ("streamed_over_served_b4", "streamed-b4", "served-b4"),
         ("mixed_samplers_over_served_b4", "samplers-b4", "served-b4"),
         ("preset4_over_steps20_b4", "preset4-b4", "steps20-b4"),
+        ("img2img_mixed_over_served_b4", "img2img-mixed-b4", "served-b4"),
         ("mixed_served_over_baseline_b4", "mixed-served-b4", "mixed-baseline-b4"),
     ]
     return [pair for pair in pairs if pair[1] in names and pair[2] in names]

@@ -1,4 +1,7 @@
-"""``sdxl-client generate "a prompt" --seed 7 --steps 20 -o out.png``: generate with a live progress bar."""
+"""``sdxl-client generate "a prompt" --seed 7 --steps 20 -o out.png``: generate with a live progress bar.
+
+``--image in.png --strength 0.6`` makes it img2img, ``--mask mask.png`` inpainting (white repaints).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--width", type=int)
     generate.add_argument("--height", type=int)
     generate.add_argument("--timeout-s", type=float, help="the request's time budget on the server")
+    generate.add_argument("--image", type=Path, help="img2img: the init image (PNG, JPEG or WebP)")
+    generate.add_argument("--strength", type=float, help="with --image: how much to change it (server default 0.8)")
+    generate.add_argument("--mask", type=Path, help="inpainting, with --image: white repaints, black keeps")
+    generate.add_argument("--resize-mode", choices=("none", "resize", "crop", "fill"), help="with --image")
     generate.add_argument("--previews", type=Path, help="folder for low-resolution previews")
     generate.add_argument("--preview-every", type=int, default=5, help="steps between previews (default 5)")
     generate.add_argument("--no-progress", action="store_true", help="no progress bar (one plain request)")
@@ -53,10 +60,18 @@ def request_body(args: argparse.Namespace) -> dict:
         ("width", args.width),
         ("height", args.height),
         ("timeout_s", args.timeout_s),
+        ("image", args.image and base64_file(args.image)),
+        ("strength", args.strength),
+        ("mask_image", args.mask and base64_file(args.mask)),
+        ("resize_mode", args.resize_mode),
     ):
         if value is not None:
             body[key] = value
     return body
+
+
+def base64_file(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
 
 
 def generate(args: argparse.Namespace) -> dict:

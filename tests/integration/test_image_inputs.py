@@ -67,3 +67,20 @@ def test_image_requests_joining_a_continuous_loop_match_static_batching(server, 
         assert np.abs(ours - image_of(before)).max() <= 1
     progress = [event for event in map(json.loads, joined[0].text.splitlines()) if event["event"] == "progress"]
     assert progress[0]["total_steps"] == 3  # img2img at strength 0.75 of 4 steps
+
+
+def test_the_cli_sends_an_image_and_a_mask_and_saves_the_result(server, tmp_path, capsys):
+    from sdxl_client.cli import main
+
+    picture(64, 64).save(tmp_path / "in.png")
+    half_mask(64, 64).save(tmp_path / "mask.png")
+    key_file = str(server.workdir / "key_file.json")
+    common = ["--seed", "5", "--url", server.inference_url, "--key-file", key_file]
+    arguments = ["a red hat", "--image", str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), *common]
+    assert main(["generate", *arguments, "--strength", "0.75", "-o", str(tmp_path / "out.png")]) == 0
+    record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["parameters"]
+    assert record["strength"] == 0.75 and record["mask_image"]["width"] == 64
+    assert Image.open(tmp_path / "out.png").size == (64, 64)
+    # A bad strength is the server's 400 naming the field; the CLI exits 2 and says so.
+    assert main(["generate", *arguments, "--strength", "0.1", "--no-progress", "-o", str(tmp_path / "x.png")]) == 2
+    assert "`strength` 0.1 x `num_inference_steps` 4" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from handler.settings import HandlerSettings, WarmupShape
 from scripts.torchserve_control import SHIPPED_CONFIG, read_properties
 from tests.conftest import REPO_ROOT
 
-SHIPPED_YAMLS = [REPO_ROOT / "config" / "tiny-sdxl.yaml", REPO_ROOT / "config" / "sdxl-base.yaml"]
+SHIPPED_YAMLS = sorted((REPO_ROOT / "config").glob("*sdxl*.yaml"))
 
 
 def test_empty_section_gives_built_in_settings():
