@@ -206,16 +206,20 @@ class Core:
     # -- around the stages --------------------------------------------------------------------------
 
     def warmup(self) -> list[float]:
-        """Generate once at every configured warmup shape, so the first user request is fast."""
-        seconds = []
+        """Generate once at every configured warmup shape, then once from an init image at the first shape (the
+        VAE encoder's first call), so the first user request is fast."""
+        seconds, requests = [], []
         for shape in self.settings.warmup_shapes():
             body = {"prompt": "warmup", "seed": 0, "width": shape.width, "height": shape.height}
             request = parse_request({**body, "num_inference_steps": shape.num_inference_steps}, *self._bounds)
+            requests.append((str(shape), [request] * shape.batch_images))
+        requests.append(("img2img", [warmup_img2img(requests[0][1][0])]))
+        for name, batch in requests:
             started = time.perf_counter()
-            self.engine.generate([request] * shape.batch_images)
+            self.engine.generate(batch)
             self.engine.row_caps.clear()
             seconds.append(time.perf_counter() - started)
-            log.info("warmup %s: %.2f s", shape, seconds[-1])
+            log.info("warmup %s: %.2f s", name, seconds[-1])
         return seconds
 
     @property
@@ -290,6 +294,17 @@ class Core:
             "group_images": flight.group["images"],
             "unet_forwards": flight.state.forwards,
         }
+
+
+def warmup_img2img(request: GenerationRequest) -> GenerationRequest:
+    """``request`` from a grey init image of its size, at strength 1 (every step runs)."""
+    from PIL import Image
+
+    from .images import InputImage
+
+    size = (request.width, request.height)
+    image = InputImage(Image.new("RGB", size, (128, 128, 128)), "warmup", "PNG", 0, *size)
+    return replace(request, image=image, strength=1.0, resize_mode="none")
 
 
 def build_core(model_dir: str, model_yaml: dict[str, Any] | None, gpu_id: int | None = None) -> Core:

@@ -185,7 +185,7 @@ def test_warmup_runs_every_configured_shape(tiny_loaded, tiny_settings):
 
     shapes = (WarmupShape(64, 64, 1, 1), WarmupShape(96, 32, 2, 2))
     warm = Core(tiny_loaded, tiny_settings.with_changes(warmup=shapes))
-    assert len(warm.warmup()) == 2
+    assert len(warm.warmup()) == 3  # the two shapes, then img2img at the first (the VAE encoder)
 
 
 def test_build_core_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
