@@ -71,7 +71,7 @@ def test_allowed_sizes_refuse_the_others_and_are_all_warmed_up(tiny_loaded):
     )  # fmt: skip
     assert [(s.width, s.height) for s in settings.warmup_shapes()] == [(64, 64), (96, 64)]
     core = Core(tiny_loaded, settings)
-    assert len(core.warmup()) == 2
+    assert len(core.warmup()) == 3  # both sizes, then img2img at the first
     replies = core.handle(rows({"prompt": "a", "width": 96}, {"prompt": "b", "width": 128}))
     assert [r.status for r in replies] == [200, 400]
     assert replies[1].json()["error"]["message"] == (
