@@ -1,6 +1,6 @@
 """Write a Triton model repository for a model yaml: the same yaml TorchServe's archive carries.
 
-    python scripts/triton_repository.py --config config/sdxl-base.yaml --model-path /models/sdxl-base-1.0 --out deploy/triton
+    python scripts/triton_repository.py                        # deploy/triton from config/sdxl-base.yaml
     python scripts/triton_repository.py --config config/tiny-sdxl.yaml --model-path build/tiny-sdxl --out build/triton
 
 <out>/stable_diffusion_xl/ gets config.pbtxt (KIND_GPU, the production default), configs/cpu.pbtxt (KIND_CPU,
@@ -77,7 +77,7 @@ def write_repository(config: Path, out: Path, model_path: str | None = None) -> 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO_ROOT / "config" / "sdxl-base.yaml")
-    parser.add_argument("--model-path", help="diffusers folder or hub id (handler.model_path)")
+    parser.add_argument("--model-path", default="/models/sdxl-base-1.0", help="diffusers folder or hub id")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "deploy" / "triton")
     args = parser.parse_args(argv)
     print(write_repository(args.config, args.out, args.model_path))

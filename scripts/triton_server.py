@@ -21,8 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.triton_control import TritonServer  # noqa: E402
-from scripts.triton_repository import MODEL_NAME, REPO_ROOT, write_repository  # noqa: E402
+from handler.triton_io import OUTPUTS
+from scripts.triton_control import TritonServer
+from scripts.triton_repository import MODEL_NAME, REPO_ROOT, write_repository
 
 
 def infer(url: str, prompt: str, steps: int | None = None, **parameters: Any) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def infer(url: str, prompt: str, steps: int | None = None, **parameters: Any) ->
         inputs[-1].set_data_from_numpy(np.array([[json.dumps(parameters).encode()]], dtype=object))
     result = client.infer(MODEL_NAME, inputs)
     client.close()
-    outputs = {name: result.as_numpy(name) for name in ("image", "image_bytes", "seed", "effective_parameters", "batch")}
+    outputs = {name: result.as_numpy(name) for name in OUTPUTS}
     return {
         "image": outputs["image"][0],
         "image_bytes": outputs["image_bytes"][0][0],

@@ -26,8 +26,8 @@ class TritonPythonModel:
     def execute(self, requests):
         inputs = []
         for request in requests:
-            tensors = (pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS)
-            inputs.append({name: t.as_numpy() for name, t in zip(INPUTS, tensors) if t is not None})
+            tensors = {name: pb_utils.get_input_tensor_by_name(request, name) for name in INPUTS}
+            inputs.append({name: t.as_numpy() for name, t in tensors.items() if t is not None})
         responses = []
         for result in triton_io.serve(self.core, inputs):
             if isinstance(result, triton_io.TritonFailure):
@@ -40,5 +40,3 @@ class TritonPythonModel:
 
     def finalize(self):
         self.core.engine.side.shutdown()
-
-
