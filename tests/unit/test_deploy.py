@@ -152,3 +152,25 @@ def test_every_dashboard_and_alert_query_uses_declared_metrics():
     assert used <= declared, f"undeclared metrics: {used - declared}"
     # Every metric the handler exports has a panel or an alert.
     assert {spec.name for spec in METRICS} <= {re.sub(r"_(bucket|sum|count)$", "", name) for name in used}
+
+
+def test_the_triton_dockerfile_passes_hadolint_and_installs_torch_first_and_numpy_1():
+    path = "deploy/triton/Dockerfile"
+    result = subprocess.run([tool("hadolint"), path], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (REPO_ROOT / path).read_text()
+    assert text.index('"${TORCH_SPEC}"') < text.index("pip install --no-cache-dir . ") and '"numpy<2"' in text
+    assert re.search(r"^USER 1000:1000$", text, re.M) and "HEALTHCHECK" in text
+    assert "COPY deploy/triton/stable_diffusion_xl/" in text
+
+
+def test_the_shipped_triton_repository_is_the_generators_output_for_sdxl_base(tmp_path):
+    from scripts.triton_repository import MODEL_NAME, write_repository
+
+    shipped = REPO_ROOT / "deploy" / "triton" / MODEL_NAME
+    generated = write_repository(REPO_ROOT / "config" / "sdxl-base.yaml", tmp_path, "/models/sdxl-base-1.0")
+    for name in ("config.pbtxt", "configs/cpu.pbtxt", "model.yaml", "1/model.py"):
+        assert (shipped / name).read_text() == (generated / name).read_text(), name
+    config = (shipped / "config.pbtxt").read_text()
+    assert "kind: KIND_GPU" in config and "kind: KIND_CPU" in (shipped / "configs" / "cpu.pbtxt").read_text()
+    assert "max_batch_size: 4" in config and "max_queue_delay_microseconds: 100000" in config  # sdxl-base.yaml
