@@ -222,14 +222,7 @@ class Engine:
 
     def _join_prepared(self, flights: list[Flight], wait: bool) -> None:
         """Flights whose first latents are ready start denoising (with ``wait``: at least one, if any)."""
-        preparing = {f.preparing for f in flights if f.preparing is not None}
-        if wait and preparing:
-            futures.wait(preparing, return_when=futures.FIRST_COMPLETED)
-        for flight in flights:
-            job = flight.preparing
-            if job is None or not job.done():
-                continue
-            flight.preparing = None
+        for flight, job in self._finished_jobs(flights, "preparing", wait):
             try:
                 job.result()
             except Exception as exc:  # this request's error
@@ -238,6 +231,21 @@ class Engine:
                 continue
             if Stage.VAE_ENCODE in flight.state.timings_ms:
                 flight.timings_ms[Stage.VAE_ENCODE] = flight.state.timings_ms[Stage.VAE_ENCODE]
+
+    @staticmethod
+    def _finished_jobs(flights: list[Flight], kind: str, wait: bool) -> list[tuple[Flight, Future]]:
+        """The flights whose side job of ``kind`` (``preparing`` or ``pending``) is done, with it, each taken off
+        its flight; with ``wait``, after at least one is done (if any is running)."""
+        running = {getattr(f, kind) for f in flights if getattr(f, kind) is not None}
+        if wait and running:
+            futures.wait(running, return_when=futures.FIRST_COMPLETED)
+        finished = []
+        for flight in flights:
+            job = getattr(flight, kind)
+            if job is not None and job.done():
+                setattr(flight, kind, None)
+                finished.append((flight, job))
+        return finished
 
     # -- 4: finishing, on the side worker -----------------------------------------------------------
 
@@ -278,14 +286,7 @@ class Engine:
 
     def _collect(self, flights: list[Flight], wait: bool) -> None:
         """Take in the side jobs that are done (with ``wait``: at least one, if any is pending)."""
-        pending = {f.pending for f in flights if f.pending is not None}
-        if wait and pending:
-            futures.wait(pending, return_when=futures.FIRST_COMPLETED)
-        for flight in flights:
-            job = flight.pending
-            if job is None or not job.done():
-                continue
-            flight.pending = None
+        for flight, job in self._finished_jobs(flights, "pending", wait):
             flight.done = True
             try:
                 flight.outcome, timings = job.result()[id(flight)]
