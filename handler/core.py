@@ -29,6 +29,7 @@ from .denoise import Denoiser, image_seeds
 from .encode import encode_many
 from .engine import Engine, Flight
 from .loading import LoadedPipeline, load_pipeline
+from .lora_catalogue import LoraCatalogue
 from .metrics import Observation, call_metrics
 from .replies import Reply, chunk_reply, error_reply, final_reply, success_reply
 from .schema import MAX_SEED, Defaults, GenerationRequest, Limits, parse_request
@@ -85,7 +86,10 @@ class Core:
         self.loaded = loaded
         self.settings = settings
         self.seed_source = seed_source
-        self.denoiser = Denoiser(loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels)
+        catalogue = None
+        if settings.lora_catalogue:
+            catalogue = LoraCatalogue(loaded.pipeline, settings.lora_catalogue, settings.max_loaded_loras)
+        self.denoiser = Denoiser(loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels, catalogue)
         side = SideWorker(loaded.device, overlap=settings.overlaps_side_work(loaded.device.type))
         self.engine = Engine(
             self.denoiser, settings.max_images_per_call, side, encode=lambda images: encode_many(images, settings)
@@ -110,6 +114,7 @@ class Core:
         # 1. TorchServe stops re-sending a request whose connection closed: free what it held.
         for request_id in set(self.flights) - set(request_ids):
             gone = self.flights.pop(request_id)
+            self.engine.release(gone.request)
             for job in (gone.preparing, gone.pending):
                 if job is not None:
                     job.cancel()
@@ -176,7 +181,8 @@ class Core:
                     outcome = self._outcome(call, flight)
                     call.ended[row] = (flight.request, outcome, flight.timings_ms)
                     reply = final_reply(outcome, flight.request, events, flight.committed)
-                    self.flights.pop(flight.key, None)
+                    if self.flights.pop(flight.key, None) is not None:
+                        self.engine.release(flight.request)
                 else:
                     reply = chunk_reply(flight.request, events, first=not flight.committed)
                     flight.committed = True

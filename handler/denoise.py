@@ -9,6 +9,7 @@ guidance may differ inside it. The math is ``StableDiffusionXLPipeline.__call__`
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import time
@@ -20,6 +21,7 @@ import torch
 from .conditioning import encode_conditioning
 from .errors import NonFiniteImage
 from .init_latents import Inpainting, LatentPreparer
+from .lora_routing import Route
 from .samplers import build_scheduler
 from .schema import GenerationRequest
 from .stages import Stage
@@ -100,14 +102,23 @@ class Denoiser:
     :meth:`set_timesteps` (step count, strength), :meth:`prepare_latents` (noise, an init image, a mask).
     """
 
-    def __init__(self, pipeline: Any, device: torch.device, memory_ceiling_latent_pixels: int | None = None):
+    def __init__(
+        self,
+        pipeline: Any,
+        device: torch.device,
+        memory_ceiling_latent_pixels: int | None = None,
+        loras: Any = None,
+    ):
         """
         Args:
             pipeline: a loaded ``StableDiffusionXLPipeline``.
             device (`torch.device`): where it runs.
             memory_ceiling_latent_pixels (`int`, defaults to None): fault injection for the out-of-memory
                 path: a UNet forward over more latent pixels than this raises ``torch.OutOfMemoryError``.
+            loras (`LoraCatalogue`, defaults to None): the LoRA catalogue requests choose from; its router
+                applies each request's LoRAs to its own rows.
         """
+        self.loras = loras
         self.memory_ceiling_latent_pixels = memory_ceiling_latent_pixels
         self.pipeline = pipeline
         self.device = device
@@ -182,8 +193,12 @@ class Denoiser:
     def encode_conditioning(
         self, request: GenerationRequest, guidance: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt embeddings, pooled embeddings and SDXL's time ids (:mod:`handler.conditioning`)."""
-        return encode_conditioning(self.pipeline, self.device, request, guidance)
+        """Prompt embeddings, pooled embeddings and SDXL's time ids (:mod:`handler.conditioning`), with the
+        request's LoRAs on the text encoders (the ones that have LoRA layers)."""
+        if not request.loras:
+            return encode_conditioning(self.pipeline, self.device, request, guidance)
+        with self.loras.router.route([Route(name, None, scale) for name, scale in request.loras]):
+            return encode_conditioning(self.pipeline, self.device, request, guidance)
 
     def make_scheduler(self, request: GenerationRequest) -> Any:
         """A scheduler of this request's own: its sampler and schedule on the pipeline's scheduler config
@@ -219,7 +234,34 @@ class Denoiser:
                     f"memory_ceiling_latent_pixels={self.memory_ceiling_latent_pixels}"
                 )
         distilled = self.guidance_embedding_dim is not None
-        noise = self.pipeline.unet(
+        with self._lora_routes(states):
+            noise = self._unet(states, batch_input, timesteps, distilled)
+
+        # 2. Each state takes its rows back, applies its own guidance and steps its own scheduler.
+        self._take_rows(states, noise)
+
+    def _lora_routes(self, states: list[RequestState]) -> Any:
+        """Each requested LoRA on the UNet rows of the requests that ask for it, at their scales."""
+        rows: dict[str, tuple[list[int], list[float]]] = {}
+        start = 0
+        for state in states:
+            for name, scale in state.request.loras:
+                indices, scales = rows.setdefault(name, ([], []))
+                indices += range(start, start + state.unet_rows)
+                scales += [scale] * state.unet_rows
+            start += state.unet_rows
+        if not rows:
+            return contextlib.nullcontext()
+        routes = [
+            Route(name, torch.tensor(indices, device=self.device), torch.tensor(scales, device=self.device))
+            for name, (indices, scales) in rows.items()
+        ]
+        return self.loras.router.route(routes)
+
+    def _unet(
+        self, states: list[RequestState], batch_input: torch.Tensor, timesteps: list[torch.Tensor], distilled: bool
+    ) -> torch.Tensor:
+        return self.pipeline.unet(
             batch_input,
             torch.cat(timesteps),
             encoder_hidden_states=torch.cat([s.embeds for s in states]),
@@ -229,7 +271,7 @@ class Denoiser:
             return_dict=False,
         )[0]  # fmt: skip
 
-        # 2. Each state takes its rows back, applies its own guidance and steps its own scheduler.
+    def _take_rows(self, states: list[RequestState], noise: torch.Tensor) -> None:
         start = 0
         for state in states:
             prediction = noise[start : start + state.unet_rows]

@@ -102,12 +102,24 @@ class Engine:
     def admit(self, request: GenerationRequest, key: str, arrived: float, **details: Any) -> Flight:
         """Prepare a request (conditioning, its own scheduler, seeded noise): it takes its first step next. An
         init image is VAE-encoded on the side worker (beside the steps when it overlaps): it joins when done."""
-        state = self.denoiser.start(request)
+        names = [name for name, _ in request.loras]
+        if names:
+            self.denoiser.loras.acquire(names)  # loaded (first use) and pinned until release()
+        try:
+            state = self.denoiser.start(request)
+        except BaseException:
+            self.release(request)
+            raise
         flight = Flight(key, state, arrived, **details)
         flight.timings_ms[Stage.ENCODE_PROMPT] = state.timings_ms[Stage.ENCODE_PROMPT]
         if state.latents is None:
             flight.preparing = self.side.submit(lambda: self._prepare(state))
         return flight
+
+    def release(self, request: GenerationRequest) -> None:
+        """A request leaves the engine: its LoRAs may be evicted again."""
+        if request.loras:
+            self.denoiser.loras.release([name for name, _ in request.loras])
 
     def _prepare(self, state: RequestState) -> RequestState:
         self.denoiser.prepare_latents(state)
@@ -145,6 +157,8 @@ class Engine:
         now = time.perf_counter()
         flights = [self.admit(request, str(i), now) for i, request in enumerate(requests)]
         self.advance(flights)
+        for flight in flights:
+            self.release(flight.request)
         return [flight.outcome for flight in flights]  # type: ignore[misc]
 
     # -- 1-3: the shared step -----------------------------------------------------------------------

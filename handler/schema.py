@@ -40,6 +40,9 @@ class Limits:
     allowed_sizes: tuple[tuple[int, int], ...] | None = None  # (width, height); None: any size within bounds
     max_image_bytes: int = 10 * 2**20  # per input image, encoded (TorchServe's max_request_size must fit two)
     max_image_side: int = 4096  # per side of an input image, before any resize_mode
+    max_loras_per_request: int = 3
+    max_lora_scale: float = 2.0  # |scale| of one requested LoRA
+    catalogue: tuple[tuple[str, float], ...] = ()  # (name, default scale): handler.lora_catalogue, set by settings
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class GenerationRequest:
     mask_image: InputImage | None = None  # inpainting: white = repaint
     resize_mode: str | None = None  # set exactly when `image` is
     keep_unmasked: bool | None = None  # set exactly when `mask_image` is
+    loras: tuple[tuple[str, float], ...] = ()  # (catalogue name, scale)
 
     @property
     def denoising_steps(self) -> int:
@@ -109,6 +113,7 @@ class GenerationRequest:
         """The effective parameters, as echoed in the response (a full reproducibility record; input images
         by their sha256 and size, never themselves)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
         return {name: v.record() if isinstance(v, InputImage) else v for name, v in values.items()}
 
 
@@ -289,6 +294,16 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             )
         ),
         *image_fields(limits, defaults),
+        Field(
+            "loras",
+            "list of {name, scale}",
+            "LoRAs from the server's catalogue (`handler.lora_catalogue`), each with its scale (default: the "
+            "catalogue's). Requests with different LoRAs still share every UNet forward. Available: "
+            + (", ".join(f"`{name}`" for name, _ in limits.catalogue) or "none (no catalogue in this yaml)")
+            + ".",
+            "[]",
+            f"<= {limits.max_loras_per_request}, |scale| <= {limits.max_lora_scale}, names unique",
+        ),
     )
 
 
@@ -396,7 +411,10 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     # 4c. SDXL micro-conditioning.
     conditioning = micro_conditioning(payload)
 
-    # 4d. img2img and inpainting.
+    # 4d. LoRAs from the catalogue.
+    loras = lora_choices(payload.get("loras", []), limits)
+
+    # 4e. img2img and inpainting.
     inputs = image_options(payload, get, image, mask_image, steps, width, height)
 
     # 5. Streaming and time budget.
@@ -452,7 +470,34 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         aspect_ratio=aspect_ratio,
         **conditioning,
         **inputs,
+        loras=loras,
     )
+
+
+def lora_choices(value: Any, limits: Limits) -> tuple[tuple[str, float], ...]:
+    """``loras`` -> ((name, scale), ...): catalogue names only, each once, scales within bounds."""
+    if not isinstance(value, list) or len(value) > limits.max_loras_per_request:
+        raise InvalidRequest(
+            f"`loras` must be a list of at most {limits.max_loras_per_request} {{name, scale}} objects but is "
+            f"{json_type(value)} {short(value)}",
+            field="loras",
+            value=value,
+        )
+    available = dict(limits.catalogue)
+    chosen: dict[str, float] = {}
+    for item in value:
+        if not isinstance(item, dict) or not set(item) <= {"name", "scale"} or "name" not in item:
+            raise InvalidRequest(f"each of `loras` must be {{name, scale}} but one is {short(item)}", field="loras")
+        name = item["name"]
+        if name not in available:
+            names = ", ".join(available) or "none (this server has no LoRA catalogue)"
+            raise InvalidRequest(f"`loras` names {short(name)}, which is not in the catalogue; available: {names}",
+                                 field="loras", value=name)  # fmt: skip
+        if name in chosen:
+            raise InvalidRequest(f"`loras` names {name!r} twice", field="loras", value=name)
+        bound = limits.max_lora_scale
+        chosen[name] = float(number("loras.scale", item.get("scale", available[name]), -bound, bound))
+    return tuple(chosen.items())
 
 
 def markdown_table(limits: Limits = Limits(), defaults: Defaults = Defaults()) -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ConfigError, InvalidRequest
+from .lora_catalogue import CatalogueLora
 from .samplers import SAMPLER_NAMES
 from .schema import OUTPUT_FORMATS, Defaults, Limits, parse_request
 
@@ -50,6 +51,9 @@ class HandlerSettings:
             ``.safetensors`` state dict for the base model's UNet config (SDXL-Lightning's N-step UNets).
         loras (`list`, defaults to none): LoRAs fused into the weights at load, each ``{path, scale,
             weight_name}`` (LCM-LoRA, a style LoRA): every request gets them, at no cost per step.
+        lora_catalogue (`dict`, defaults to none): LoRAs requests may ask for by name (``loras`` field), each
+            ``name: {path, scale, weight_name}``; loaded on first use, applied per row (:mod:`handler.lora_routing`).
+        max_loaded_loras (`int`, defaults to 4): catalogue LoRAs kept loaded (LRU; in-use ones are never evicted).
         device (`str`, defaults to "auto"): "auto" uses the GPU TorchServe assigns, else the CPU.
         dtype (`str`, defaults to "auto"): "auto" is float16 on CUDA and float32 on CPU.
         attention (`str`, defaults to "auto"): "auto" uses xformers when importable and on CUDA, else
@@ -85,6 +89,8 @@ class HandlerSettings:
     vae_path: str | None = None
     unet_path: str | None = None
     loras: tuple[FusedLora, ...] = ()
+    lora_catalogue: dict[str, CatalogueLora] = field(default_factory=dict)
+    max_loaded_loras: int = 4
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"
@@ -125,6 +131,13 @@ class HandlerSettings:
             if not isinstance(loras, list):
                 raise ConfigError(f"handler.loras must be a list of {{path, scale, weight_name}} but is {loras!r}")
             loras = tuple(_build(FusedLora, lora, "handler.loras[]") for lora in loras)
+        catalogue = section.pop("lora_catalogue", None) or {}
+        if not isinstance(catalogue, dict) or not all(isinstance(name, str) for name in catalogue):
+            raise ConfigError(f"handler.lora_catalogue must map names to {{path, scale, weight_name}}: {catalogue!r}")
+        catalogue = {
+            name: _build(CatalogueLora, entry, f"handler.lora_catalogue.{name}") for name, entry in catalogue.items()
+        }
+        limits = replace(limits, catalogue=tuple((name, entry.scale) for name, entry in catalogue.items()))
         warmup = section.pop("warmup", None)
         if warmup is not None:
             if not isinstance(warmup, list):
@@ -144,6 +157,7 @@ class HandlerSettings:
             defaults=defaults,
             warmup=warmup,
             loras=loras or (),
+            lora_catalogue=catalogue,
             continuous=continuous,
             overlap_side_work=overlap,
         )
@@ -163,6 +177,11 @@ class HandlerSettings:
             raise ConfigError(f"handler.compile_mode must be one of {COMPILE_MODES} but is {self.compile_mode!r}")
         if self.encode_threads < 1:
             raise ConfigError(f"handler.encode_threads must be >= 1 but is {self.encode_threads}")
+        if self.lora_catalogue and self.compile_mode is not None:
+            raise ConfigError("handler.lora_catalogue cannot be combined with compile_mode: per-row LoRA hooks "
+                              "break the compiled graph (fuse a fixed LoRA with handler.loras instead)")  # fmt: skip
+        if self.max_loaded_loras < 1:
+            raise ConfigError(f"handler.max_loaded_loras must be >= 1 but is {self.max_loaded_loras}")
         if self.steps_per_call < 1:
             raise ConfigError(f"handler.steps_per_call must be >= 1 but is {self.steps_per_call}")
         if self.max_images_per_call < self.limits.max_images_per_prompt:

@@ -31,7 +31,8 @@ def infer(url: str, prompt: str, steps: int | None = None, **parameters: Any) ->
     Returns the outputs by name; raises ``InferenceServerException`` with the JSON error document as message."""
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(url)  # one per thread: the client is not thread-safe
+    # One client per call (per thread: it is not thread-safe); a generous timeout: a CPU step may be slow.
+    client = httpclient.InferenceServerClient(url, connection_timeout=600.0, network_timeout=600.0)
     inputs = [httpclient.InferInput("prompt", [1, 1], "BYTES")]
     inputs[0].set_data_from_numpy(np.array([[prompt.encode()]], dtype=object))
     if steps is not None:

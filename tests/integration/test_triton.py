@@ -68,7 +68,9 @@ def test_a_bad_request_inside_a_batch_fails_alone_and_the_server_stays_healthy(t
     assert isinstance(bad, InferenceServerException) and bad.status() == "400"
     error = json.loads(bad.message())
     assert error["field"] == "width" and error["message"] == "`width` must be divisible by 8 but is 65"
-    assert good["batch"]["requests"] == 3 and good["batch"]["rejected"] == 1 and also_good["seed"] == 2
+    # The three shared one execute() (the batch's accounting is theirs alike), the bad one rejected in it.
+    assert good["batch"] == also_good["batch"] and good["batch"]["requests"] >= 3 and good["batch"]["rejected"] == 1
+    assert also_good["seed"] == 2
     assert triton.healthy()
     assert infer(triton.url, "after", steps=1)["image"].shape == (64, 64, 3)
 

@@ -1,0 +1,157 @@
+"""LoRAs per request from the catalogue: diffusers' images, different LoRAs in ONE UNet forward, LRU eviction."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from handler.core import Core
+from handler.loading import load_pipeline
+from handler.lora_catalogue import CatalogueLora
+from tests.unit.test_core import decode_images
+from tests.unit.test_generation import max_diff
+
+
+def make_lora(folder, seed: int, text_encoder: bool = False):
+    """A tiny random LoRA (rank 4) on the tiny UNet's attention, optionally also on the first text encoder,
+    saved as diffusers saves LoRAs."""
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from handler.tiny_model import build_tiny_pipeline
+
+    pipeline = build_tiny_pipeline()
+    torch.manual_seed(seed)
+    unet_config = LoraConfig(
+        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+    )
+    pipeline.unet.add_adapter(unet_config)
+    layers = {"unet_lora_layers": get_peft_model_state_dict(pipeline.unet)}
+    if text_encoder:
+        from peft import inject_adapter_in_model
+
+        text_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        encoder = inject_adapter_in_model(text_config, pipeline.text_encoder)  # peft's own: no transformers gate
+        state = encoder.state_dict()
+        layers["text_encoder_lora_layers"] = {k.replace(".default", ""): v for k, v in state.items() if "lora_" in k}
+    StableDiffusionXLPipeline.save_lora_weights(folder, **layers)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    return {
+        "ink": make_lora(root / "ink", seed=1),
+        "film": make_lora(root / "film", seed=2, text_encoder=True),
+        "neon": make_lora(root / "neon", seed=3),
+    }
+
+
+def catalogue_core(tiny_model_dir, tiny_settings, loras, max_loaded: int = 4, **changes) -> Core:
+    catalogue = {name: CatalogueLora(path, scale=0.8) for name, path in loras.items()}
+    limits = tiny_settings.limits.__class__(
+        **{**tiny_settings.limits.__dict__, "catalogue": tuple((name, 0.8) for name in loras)}
+    )
+    settings = tiny_settings.with_changes(
+        lora_catalogue=catalogue, max_loaded_loras=max_loaded, limits=limits, **changes
+    )
+    return Core(load_pipeline(str(tiny_model_dir), tiny_settings), settings)
+
+
+def reference(tiny_model_dir, tiny_settings, lora_path: str | None, scale: float, prompt: str, seed: int):
+    """diffusers' own pipeline with ``load_lora_weights`` + ``set_adapters`` for that LoRA."""
+    pipeline = load_pipeline(str(tiny_model_dir), tiny_settings).pipeline
+    if lora_path is not None:
+        pipeline.load_lora_weights(lora_path, adapter_name="x")
+        pipeline.set_adapters(["x"], adapter_weights=[scale])
+    generator = [torch.Generator("cpu").manual_seed(seed)]
+    arguments = {"num_inference_steps": 4, "guidance_scale": 5.0, "width": 64, "height": 64}
+    return pipeline(prompt=prompt, **arguments, generator=generator).images[0]
+
+
+def rows(*bodies):
+    return [{"body": json.dumps(body).encode()} for body in bodies]
+
+
+@pytest.fixture(scope="module")
+def core(tiny_model_dir, tiny_settings, loras):
+    return catalogue_core(tiny_model_dir, tiny_settings, loras)
+
+
+def test_a_lora_request_equals_diffusers_pipeline_with_that_lora(core, tiny_model_dir, tiny_settings, loras):
+    for name, scale in (("ink", 0.8), ("film", 1.3)):  # film has text-encoder layers too
+        body = {"prompt": "a fox", "seed": 3, "loras": [{"name": name, "scale": scale}]}
+        ours = decode_images(core.handle(rows(body))[0])[0]
+        expected = reference(tiny_model_dir, tiny_settings, loras[name], scale, "a fox", 3)
+        assert max_diff(ours, expected) <= 1, name
+
+
+def test_requests_with_different_loras_share_each_forward_and_equal_their_solo_images(core):
+    bodies = [
+        {"prompt": "a fox", "seed": 1, "loras": [{"name": "ink"}]},
+        {"prompt": "a cat", "seed": 2, "loras": [{"name": "film", "scale": 0.5}]},
+        {"prompt": "a dog", "seed": 3},
+        {"prompt": "a cat", "seed": 4, "loras": [{"name": "ink", "scale": -0.5}, {"name": "neon"}]},
+    ]
+    together = core.handle(rows(*bodies))
+    for body, reply in zip(bodies, together, strict=True):
+        batch = reply.json()["batch"]
+        assert batch["group_requests"] == 4 and batch["unet_forwards"] == 4  # one forward per step, all four
+        alone = core.handle(rows(body))[0]
+        assert max_diff(decode_images(reply)[0], decode_images(alone)[0]) <= 1
+    plain = core.handle(rows({"prompt": "a dog", "seed": 3}))[0]
+    assert max_diff(decode_images(together[0])[0], decode_images(plain)[0]) > 1  # the LoRA does change it
+    assert core.denoiser.loras.router.routes == []  # nothing left routed after the calls
+    assert together[3].json()["parameters"]["loras"] == [{"name": "ink", "scale": -0.5}, {"name": "neon", "scale": 0.8}]
+
+
+def test_eviction_and_reload_give_identical_images(tiny_model_dir, tiny_settings, loras):
+    small = catalogue_core(tiny_model_dir, tiny_settings, loras, max_loaded=1)
+    bodies = [{"prompt": "a fox", "seed": 5, "loras": [{"name": name}]} for name in ("ink", "neon", "ink")]
+    first, _, again = (small.handle(rows(body))[0] for body in bodies)
+    catalogue = small.denoiser.loras
+    assert list(catalogue.loaded) == ["ink"] and catalogue.stats.loads == 3 and catalogue.stats.evictions == 2
+    assert first.json()["images"] == again.json()["images"]  # the same bytes
+    assert small.loaded.pipeline.get_list_adapters() == {"unet": ["ink"]}  # the others deleted
+
+
+def test_in_flight_loras_are_pinned_and_the_cache_shrinks_back_when_they_leave(tiny_model_dir, tiny_settings, loras):
+    small = catalogue_core(tiny_model_dir, tiny_settings, loras, max_loaded=1)
+    replies = small.handle(rows(*({"prompt": "x", "seed": i, "loras": [{"name": n}]} for i, n in enumerate(loras))))
+    assert [r.status for r in replies] == [200, 200, 200]  # all three loaded at once: none evicted while in use
+    assert len(small.denoiser.loras.loaded) == 1 and not small.denoiser.loras.pins
+
+
+def test_a_failing_step_leaves_no_lora_routed_and_the_next_image_is_the_base_one(tiny_model_dir, tiny_settings, loras):
+    fragile = catalogue_core(tiny_model_dir, tiny_settings, loras, memory_ceiling_latent_pixels=32 * 32 * 2)
+    body = {"prompt": "a dog", "seed": 3}
+    failed = fragile.handle(rows({**body, "num_images_per_prompt": 2, "loras": [{"name": "ink"}]}))[0]
+    assert failed.status == 507
+    assert fragile.denoiser.loras.router.routes == [] and not fragile.denoiser.loras.pins
+    base = Core(load_pipeline(str(tiny_model_dir), tiny_settings), tiny_settings).handle(rows(body))[0]
+    after = fragile.handle(rows(body))[0]
+    assert max_diff(decode_images(after)[0], decode_images(base)[0]) <= 1
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        ([{"name": "sketch"}], r"`loras` names 'sketch', which is not in the catalogue; available: ink, film, neon"),
+        ([{"name": "ink", "scale": 3}], r"`loras.scale` must be between -2.0 and 2.0 but is 3"),
+        ([{"name": "ink"}, {"name": "ink"}], r"`loras` names 'ink' twice"),
+        ([{"name": "ink"}] * 4, r"`loras` must be a list of at most 3"),
+        ([{"path": "/etc/passwd"}], r"each of `loras` must be \{name, scale\}"),
+        ("ink", r"`loras` must be a list"),
+    ],
+)
+def test_bad_lora_choices_are_400s_inside_a_batch(core, choice, message):
+    good, bad = core.handle(
+        rows({"prompt": "ok", "seed": 1, "loras": [{"name": "neon"}]}, {"prompt": "x", "loras": choice})
+    )
+    assert good.status == 200 and bad.status == 400
+    assert bad.json()["error"]["field"] in ("loras", "loras.scale")
+    assert __import__("re").search(message, bad.json()["error"]["message"]), bad.json()["error"]["message"]
