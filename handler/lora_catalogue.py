@@ -17,6 +17,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ServingError
 from .lora_routing import LoraRouter
 
 log = logging.getLogger(__name__)
@@ -61,14 +62,24 @@ class LoraCatalogue:
     def acquire(self, names: list[str]) -> None:
         """Make ``names`` loaded and pin them (until :meth:`release`)."""
         with self.lock:
-            for name in names:
-                if name in self.loaded:
-                    self.loaded.move_to_end(name)
-                    self.stats.hits += 1
-                else:
-                    self._load(name)
-                self.pins[name] += 1
-            self._evict()
+            pinned = []
+            try:
+                for name in names:
+                    if name in self.loaded:
+                        self.loaded.move_to_end(name)
+                        self.stats.hits += 1
+                    else:
+                        self._load(name)
+                    self.pins[name] += 1
+                    pinned.append(name)
+            except BaseException:  # this request fails; what it pinned so far is free again
+                for name in pinned:
+                    self.pins[name] -= 1
+                    if self.pins[name] <= 0:
+                        del self.pins[name]
+                raise
+            finally:
+                self._evict()
 
     def release(self, names: list[str]) -> None:
         with self.lock:
@@ -84,12 +95,30 @@ class LoraCatalogue:
         extra = {"weight_name": entry.weight_name} if entry.weight_name else {}
         self.pipeline.load_lora_weights(entry.path, adapter_name=name, **extra)
         self.pipeline.disable_lora()  # PEFT computes the base layer; the router adds each row's deltas
+        unroutable = self._unroutable_layers(name)
+        if unroutable:
+            self.pipeline.delete_adapters(name)
+            raise ServingError(
+                f"LoRA {name!r} has {unroutable} layer(s) that per-row routing does not cover (conv layers or "
+                "DoRA); fuse it at load with handler.loras instead"
+            )
         pipe = self.pipeline
         self.router.attach(pipe.unet, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
         self.loaded[name] = None
         self.stats.loads += 1
         self.stats.load_ms.append((time.perf_counter() - started) * 1000)
         log.info("LoRA %s loaded from %s in %.0f ms", name, entry.path, self.stats.load_ms[-1])
+
+    def _unroutable_layers(self, name: str) -> int:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+        from peft.tuners.lora.layer import LoraLayer
+
+        pipe, count = self.pipeline, 0
+        for model in (pipe.unet, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
+            for module in model.modules() if model is not None else ():
+                if isinstance(module, LoraLayer) and name in module.lora_A:
+                    count += not isinstance(module, LoraLinear) or bool(module.use_dora.get(name))
+        return count
 
     def _evict(self) -> None:
         for name in list(self.loaded):

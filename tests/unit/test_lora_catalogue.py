@@ -155,3 +155,20 @@ def test_bad_lora_choices_are_400s_inside_a_batch(core, choice, message):
     assert good.status == 200 and bad.status == 400
     assert bad.json()["error"]["field"] in ("loras", "loras.scale")
     assert __import__("re").search(message, bad.json()["error"]["message"]), bad.json()["error"]["message"]
+
+
+def test_a_lora_with_conv_layers_is_refused_rather_than_half_applied(tiny_model_dir, tiny_settings, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from handler.tiny_model import build_tiny_pipeline
+
+    unet = build_tiny_pipeline().unet
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "conv1"], init_lora_weights=False))
+    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "locon", unet_lora_layers=get_peft_model_state_dict(unet))
+    ink = make_lora(tmp_path / "ink", seed=1)
+    core = catalogue_core(tiny_model_dir, tiny_settings, {"ink": ink, "locon": str(tmp_path / "locon")})
+    reply = core.handle(rows({"prompt": "a", "loras": [{"name": "ink"}, {"name": "locon"}]}))[0]
+    assert reply.status == 500 and "per-row routing does not cover" in reply.json()["error"]["message"]
+    assert core.loaded.pipeline.get_list_adapters() == {"unet": ["ink"]} and not core.denoiser.loras.pins

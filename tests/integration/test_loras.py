@@ -1,0 +1,41 @@
+"""LoRAs per request through a real TorchServe: good ones served, bad names and scales 400s inside a batch."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from scripts.torchserve_control import REPO_ROOT
+from tests.integration.conftest import server_with_model_yaml, while_worker_is_busy
+from tests.unit.test_lora_catalogue import make_lora
+
+
+@pytest.fixture(scope="module")
+def lora_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loras")
+    handler = yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text())["handler"]
+    names = ["ink", "film"]
+    catalogue = {name: {"path": make_lora(root / name, seed), "scale": 0.8} for seed, name in enumerate(names)}
+    server = server_with_model_yaml(root, handler={**handler, "lora_catalogue": catalogue, "max_loaded_loras": 1})
+    yield server
+    server.stop()
+
+
+def predict(server, body):
+    return server.predict(body)
+
+
+def test_bad_lora_choices_are_400s_among_good_lora_requests_in_one_batch(lora_server):
+    bodies = [
+        {"prompt": "ink", "seed": 1, "loras": [{"name": "ink"}]},
+        {"prompt": "x", "loras": [{"name": "sketch"}]},
+        {"prompt": "film", "seed": 2, "loras": [{"name": "film", "scale": 1.5}]},
+        {"prompt": "x", "loras": [{"name": "ink", "scale": 9}]},
+        {"prompt": "x", "loras": [{"path": "https://example.com/x.safetensors"}]},
+        {"prompt": "plain", "seed": 3},
+    ]
+    responses = while_worker_is_busy(lora_server, [(predict, body) for body in bodies])
+    assert [r.status_code for r in responses] == [200, 400, 200, 400, 400, 200]
+    assert "not in the catalogue; available: film, ink" in responses[1].json()["error"]["message"]
+    assert responses[2].json()["parameters"]["loras"] == [{"name": "film", "scale": 1.5}]
+    assert responses[0].json()["batch"]["group_requests"] >= 3  # both LoRAs and the plain request, one group
