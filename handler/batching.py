@@ -1,12 +1,14 @@
 """Group the requests of one TorchServe batch into pipeline calls.
 
 Requests share UNet forwards when their latents have the same shape (width and height). Everything else
-(prompts, seeds, step counts, guidance) is per request in :mod:`handler.denoise`, so any mix of those
-can be grouped.
+(prompts, seeds, step counts, guidance, routed LoRAs) is per request in :mod:`handler.denoise`, so any mix of
+those can be grouped. The exception is a LoRA set that per-row routing cannot apply (DoRA, :mod:`handler.
+lora_catalogue`): PEFT applies it to a whole forward, so such requests share forwards only with the same set.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .schema import GenerationRequest
@@ -16,10 +18,11 @@ from .schema import GenerationRequest
 class GroupKey:
     width: int
     height: int
+    adapters: tuple = ()  # a whole-forward LoRA set ((name, scale), ...); () for everything else
 
     @classmethod
-    def of(cls, request: GenerationRequest) -> GroupKey:
-        return cls(request.width, request.height)
+    def of(cls, request: GenerationRequest, adapters: tuple = ()) -> GroupKey:
+        return cls(request.width, request.height, adapters)
 
 
 @dataclass
@@ -35,18 +38,24 @@ class Group:
         return sum(r.num_images_per_prompt for r in self.requests)
 
 
-def group_requests(requests: dict[int, GenerationRequest], max_images_per_call: int) -> list[Group]:
+def group_requests(
+    requests: dict[int, GenerationRequest],
+    max_images_per_call: int,
+    whole_forward_adapters: Callable[[GenerationRequest], tuple] | None = None,
+) -> list[Group]:
     """Groups in order of first appearance; a group never exceeds ``max_images_per_call`` images.
 
     Args:
         requests (`dict[int, GenerationRequest]`): valid requests keyed by their row in the batch.
         max_images_per_call (`int`): cap on one call's images (bounds its memory); must be at least the
             largest ``num_images_per_prompt``.
+        whole_forward_adapters (`Callable`, defaults to None): a request's LoRA set that must have a forward of
+            its own (() when routing applies); None when no LoRA needs one (decoding, no catalogue).
     """
     open_groups: dict[GroupKey, Group] = {}
     groups: list[Group] = []
     for row, request in requests.items():
-        key = GroupKey.of(request)
+        key = GroupKey.of(request, whole_forward_adapters(request) if whole_forward_adapters else ())
         group = open_groups.get(key)
         if group is None or group.images + request.num_images_per_prompt > max_images_per_call:
             group = Group(key)

@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from .batching import group_requests
 from .decode import decode_row, negotiate
 from .denoise import Denoiser, image_seeds
 from .encode import encode_many
@@ -139,9 +138,7 @@ class Core:
 
         # 3. Static batching's record of the size groups its rows share steps in.
         if not self.settings.continuous:
-            groups = group_requests(
-                {row: f.request for row, f in call.flights.items()}, self.settings.max_images_per_call
-            )
+            groups = self.engine.groups({row: f.request for row, f in call.flights.items()})
             call.groups = len(groups)
             for group in groups:
                 summary = {"requests": len(group.rows), "images": group.images}

@@ -197,8 +197,18 @@ class Denoiser:
         request's LoRAs on the text encoders (the ones that have LoRA layers)."""
         if not request.loras:
             return encode_conditioning(self.pipeline, self.device, request, guidance)
-        with self.loras.router.route([Route(name, None, scale) for name, scale in request.loras]):
+        whole = self.loras.whole_forward_set(request.loras)
+        applied = (
+            self.loras.whole_forward(whole)
+            if whole
+            else self.loras.router.route([Route(name, None, scale) for name, scale in request.loras])
+        )
+        with applied:
             return encode_conditioning(self.pipeline, self.device, request, guidance)
+
+    def whole_forward_adapters(self, request: GenerationRequest) -> tuple:
+        """The LoRA set that needs forwards of its own (() when its LoRAs are routed per row, or it has none)."""
+        return self.loras.whole_forward_set(request.loras) if request.loras else ()
 
     def make_scheduler(self, request: GenerationRequest) -> Any:
         """A scheduler of this request's own: its sampler and schedule on the pipeline's scheduler config
@@ -241,7 +251,11 @@ class Denoiser:
         self._take_rows(states, noise)
 
     def _lora_routes(self, states: list[RequestState]) -> Any:
-        """Each requested LoRA on the UNet rows of the requests that ask for it, at their scales."""
+        """Each requested LoRA on the UNet rows of the requests that ask for it, at their scales; or one
+        whole-forward LoRA set, which the grouping gave these states alone."""
+        whole = self.whole_forward_adapters(states[0].request)
+        if whole:
+            return self.loras.whole_forward(whole)
         rows: dict[str, tuple[list[int], list[float]]] = {}
         start = 0
         for state in states:

@@ -24,7 +24,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batching import GroupKey, group_requests
+from .batching import Group, GroupKey, group_requests
 from .denoise import Denoiser, RequestState
 from .encode import step_events
 from .errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
@@ -161,6 +161,11 @@ class Engine:
             self.release(flight.request)
         return [flight.outcome for flight in flights]  # type: ignore[misc]
 
+    def groups(self, requests: dict[Any, GenerationRequest]) -> list[Group]:
+        """The requests that share each step's UNet forward (same size, and the same LoRA set where PEFT must
+        apply it to the whole forward)."""
+        return group_requests(requests, self.max_images_per_call, self.denoiser.whole_forward_adapters)
+
     # -- 1-3: the shared step -----------------------------------------------------------------------
 
     def _step(self, active: list[Flight]) -> None:
@@ -168,7 +173,7 @@ class Engine:
         for flight in active:
             flight.denoise_started = flight.denoise_started or started
         by_id = {id(f): f for f in active}
-        for group in group_requests({id(f): f.request for f in active}, self.max_images_per_call):
+        for group in self.groups({id(f): f.request for f in active}):
             members = [by_id[key] for key in group.rows]
             for part in self._within_cap(group.key, members):
                 self._step_isolated(group.key, part)

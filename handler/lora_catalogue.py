@@ -3,9 +3,11 @@
 Requests name catalogue entries (``loras: [{"name", "scale"}]``); they never pass paths or URLs (a request that
 could make the server fetch and load arbitrary weights is a server-side request forgery and a code-loading
 risk; see the README). Each adapter is loaded once with diffusers' ``load_lora_weights`` and kept disabled:
-:class:`~handler.lora_routing.LoraRouter` applies it to the rows that ask for it. An adapter in use by a
-request in flight is pinned; the least recently used unpinned one is deleted when more than ``max_loaded``
-are loaded.
+:class:`~handler.lora_routing.LoraRouter` applies it to the rows that ask for it. An adapter with layers routing
+cannot cover (DoRA; a PEFT layer type other than Linear/Conv2d) is applied by PEFT itself to a whole forward
+(:meth:`LoraCatalogue.whole_forward`): requests using it share forwards only with requests of the same LoRA set
+(:func:`handler.batching.group_requests`). An adapter in use by a request in flight is pinned; the least recently
+used unpinned one is deleted when more than ``max_loaded`` are loaded.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ServingError
-from .lora_routing import LoraRouter
+from .lora_routing import LoraRouter, routable_layer_types
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class LoraCatalogue:
         self.router = LoraRouter()
         self.loaded: OrderedDict[str, None] = OrderedDict()
         self.pins: Counter[str] = Counter()
+        self.whole_forward_names: set[str] = set()  # loaded adapters PEFT applies to whole forwards
         self.stats = CatalogueStats()
         self.lock = threading.Lock()
 
@@ -95,13 +99,8 @@ class LoraCatalogue:
         extra = {"weight_name": entry.weight_name} if entry.weight_name else {}
         self.pipeline.load_lora_weights(entry.path, adapter_name=name, **extra)
         self.pipeline.disable_lora()  # PEFT computes the base layer; the router adds each row's deltas
-        unroutable = self._unroutable_layers(name)
-        if unroutable:
-            self.pipeline.delete_adapters(name)
-            raise ServingError(
-                f"LoRA {name!r} has {unroutable} layer(s) that per-row routing does not cover (conv layers or "
-                "DoRA); fuse it at load with handler.loras instead"
-            )
+        if self._unroutable_layers(name):
+            self.whole_forward_names.add(name)
         pipe = self.pipeline
         self.router.attach(pipe.unet, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
         self.loaded[name] = None
@@ -109,16 +108,42 @@ class LoraCatalogue:
         self.stats.load_ms.append((time.perf_counter() - started) * 1000)
         log.info("LoRA %s loaded from %s in %.0f ms", name, entry.path, self.stats.load_ms[-1])
 
-    def _unroutable_layers(self, name: str) -> int:
-        from peft.tuners.lora.layer import Linear as LoraLinear
+    def whole_forward_set(self, loras: tuple) -> tuple:
+        """A request's LoRA set ((name, scale), ...) if PEFT must apply it to a whole forward, else ()."""
+        return tuple(loras) if any(name in self.whole_forward_names for name, _ in loras) else ()
+
+    @contextmanager
+    def whole_forward(self, loras: tuple) -> Iterator[None]:
+        """PEFT applies ``loras`` to every row of the forwards inside (``set_adapters`` + ``enable_lora``); after
+        them, whatever happened, LoRA is disabled again and the layers' scalings are what they were (diffusers'
+        ``set_adapters`` rewrites them, and the router reads them)."""
+        names, scales = [name for name, _ in loras], [scale for _, scale in loras]
+        layers = [(m, n) for m in self._lora_layers() for n in names if n in m.scaling]
+        saved = [m.scaling[n] for m, n in layers]
+        self.pipeline.set_adapters(names, adapter_weights=scales)
+        self.pipeline.enable_lora()
+        try:
+            yield
+        finally:
+            self.pipeline.disable_lora()
+            for (module, name), scaling in zip(layers, saved, strict=True):
+                module.scaling[name] = scaling
+
+    def _lora_layers(self) -> Iterator[Any]:
         from peft.tuners.lora.layer import LoraLayer
 
-        pipe, count = self.pipeline, 0
+        pipe = self.pipeline
         for model in (pipe.unet, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None)):
             for module in model.modules() if model is not None else ():
-                if isinstance(module, LoraLayer) and name in module.lora_A:
-                    count += not isinstance(module, LoraLinear) or bool(module.use_dora.get(name))
-        return count
+                if isinstance(module, LoraLayer):
+                    yield module
+
+    def _unroutable_layers(self, name: str) -> int:
+        return sum(
+            not isinstance(module, routable_layer_types()) or bool(module.use_dora.get(name))
+            for module in self._lora_layers()
+            if name in module.lora_A
+        )
 
     def _evict(self) -> None:
         for name in list(self.loaded):
@@ -127,5 +152,6 @@ class LoraCatalogue:
             if self.pins[name] == 0:
                 self.pipeline.delete_adapters(name)
                 del self.loaded[name]
+                self.whole_forward_names.discard(name)
                 self.stats.evictions += 1
                 log.info("LoRA %s evicted (%d loaded)", name, len(self.loaded))

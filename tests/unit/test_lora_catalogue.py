@@ -14,9 +14,12 @@ from tests.unit.test_core import decode_images
 from tests.unit.test_generation import max_diff
 
 
-def make_lora(folder, seed: int, text_encoder: bool = False):
-    """A tiny random LoRA (rank 4) on the tiny UNet's attention, optionally also on the first text encoder,
-    saved as diffusers saves LoRAs."""
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def make_lora(folder, seed: int, text_encoder: bool = False, targets=ATTENTION, dora: bool = False):
+    """A tiny random LoRA (rank 4) on the tiny UNet's ``targets`` (attention; add "conv1" for a LoCon), optionally
+    DoRA, optionally also on the first text encoder, saved as diffusers saves LoRAs."""
     from diffusers import StableDiffusionXLPipeline
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -26,7 +29,7 @@ def make_lora(folder, seed: int, text_encoder: bool = False):
     pipeline = build_tiny_pipeline()
     torch.manual_seed(seed)
     unet_config = LoraConfig(
-        r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+        r=4, lora_alpha=4, target_modules=list(targets), init_lora_weights=False, use_dora=dora
     )
     pipeline.unet.add_adapter(unet_config)
     layers = {"unet_lora_layers": get_peft_model_state_dict(pipeline.unet)}
@@ -157,18 +160,36 @@ def test_bad_lora_choices_are_400s_inside_a_batch(core, choice, message):
     assert __import__("re").search(message, bad.json()["error"]["message"]), bad.json()["error"]["message"]
 
 
-def test_a_lora_with_conv_layers_is_refused_rather_than_half_applied(tiny_model_dir, tiny_settings, tmp_path):
-    from diffusers import StableDiffusionXLPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    from handler.tiny_model import build_tiny_pipeline
-
-    unet = build_tiny_pipeline().unet
-    unet.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "conv1"], init_lora_weights=False))
-    StableDiffusionXLPipeline.save_lora_weights(tmp_path / "locon", unet_lora_layers=get_peft_model_state_dict(unet))
-    ink = make_lora(tmp_path / "ink", seed=1)
-    core = catalogue_core(tiny_model_dir, tiny_settings, {"ink": ink, "locon": str(tmp_path / "locon")})
-    reply = core.handle(rows({"prompt": "a", "loras": [{"name": "ink"}, {"name": "locon"}]}))[0]
-    assert reply.status == 500 and "per-row routing does not cover" in reply.json()["error"]["message"]
-    assert core.loaded.pipeline.get_list_adapters() == {"unet": ["ink"]} and not core.denoiser.loras.pins
+def test_conv_and_dora_loras_equal_diffusers_and_dora_gets_forwards_of_its_own(tiny_model_dir, tiny_settings, tmp_path):
+    """A LoCon (LoRA on ResNet convolutions too) is routed per row like attention LoRAs; a DoRA adapter cannot be
+    (its magnitude rescales the whole output), so PEFT applies it to forwards of its own set's requests."""
+    made = {
+        "ink": make_lora(tmp_path / "ink", seed=1),
+        "locon": make_lora(tmp_path / "locon", seed=6, targets=(*ATTENTION, "conv1", "conv2")),
+        "dora": make_lora(tmp_path / "dora", seed=7, targets=("to_q", "to_v", "conv1"), dora=True),
+    }
+    core = catalogue_core(tiny_model_dir, tiny_settings, made)
+    base = decode_images(core.handle(rows({"prompt": "a fox", "seed": 3}))[0])[0]
+    for name in ("locon", "dora"):
+        body = {"prompt": "a fox", "seed": 3, "loras": [{"name": name, "scale": 0.7}]}
+        ours = decode_images(core.handle(rows(body))[0])[0]
+        assert max_diff(ours, reference(tiny_model_dir, tiny_settings, made[name], 0.7, "a fox", 3)) <= 1, name
+        assert max_diff(ours, base) > 1, name  # it does change the image
+    assert core.denoiser.loras.whole_forward_names == {"dora"}
+    bodies = [
+        {"prompt": "a fox", "seed": 1, "loras": [{"name": "locon"}]},
+        {"prompt": "a cat", "seed": 2, "loras": [{"name": "dora"}, {"name": "ink", "scale": 1.5}]},
+        {"prompt": "a dog", "seed": 3},
+        {"prompt": "a cat", "seed": 4, "loras": [{"name": "ink"}]},
+        {"prompt": "a cow", "seed": 5, "loras": [{"name": "dora"}, {"name": "ink", "scale": 1.5}]},
+    ]
+    together = core.handle(rows(*bodies))
+    groups = [reply.json()["batch"]["group_requests"] for reply in together]
+    assert groups == [3, 2, 3, 3, 2]  # routed LoRAs and none share forwards; the DoRA set has its own
+    for body, reply in zip(bodies, together, strict=True):
+        assert max_diff(decode_images(reply)[0], decode_images(core.handle(rows(body))[0])[0]) <= 1, body
+    pipeline = core.loaded.pipeline
+    assert all(not layer.merged and layer.disable_adapters for layer in core.denoiser.loras._lora_layers())
+    ink = next(m for m in core.denoiser.loras._lora_layers() if "ink" in m.scaling)
+    assert ink.scaling["ink"] == 1.0  # the DoRA set's set_adapters(ink=1.5) did not stay behind
+    assert set(pipeline.get_list_adapters()["unet"]) == {"ink", "locon", "dora"}
