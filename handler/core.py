@@ -16,6 +16,7 @@ leaves in the call that brought it. The adapters (:mod:`handler.torchserve_handl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -200,7 +201,11 @@ class Core:
         return replies
 
     def metrics(self, call: Call, replies: list[Reply]) -> list[Observation]:
-        return call_metrics(call.size, call.ended, call.disconnected, self.gpu_memory_bytes())
+        loras = self.denoiser.loras
+        with loras.lock if loras else contextlib.nullcontext():
+            events = loras.stats.take_events() if loras else []
+            loaded = len(loras.loaded) if loras else None
+        return call_metrics(call.size, call.ended, call.disconnected, self.gpu_memory_bytes(), events, loaded)
 
     def handle(self, rows: list[Any], accepts: Any = None, emit: Emitter | None = None, ids: Any = None) -> list[Reply]:
         """parse -> run -> render in one call (tests, benchmarks)."""

@@ -41,6 +41,15 @@ class CatalogueStats:
     hits: int = 0
     evictions: int = 0
     load_ms: list[float] = field(default_factory=list)
+    events: list[tuple[str, str, float]] = field(default_factory=list)  # (kind, name, load ms) not yet taken
+
+    def note(self, kind: str, name: str, load_ms: float = 0.0) -> None:
+        self.events.append((kind, name, load_ms))
+
+    def take_events(self) -> list[tuple[str, str, float]]:
+        """The events since the last call (for the metrics), cleared."""
+        events, self.events = self.events, []
+        return events
 
 
 class LoraCatalogue:
@@ -72,6 +81,7 @@ class LoraCatalogue:
                     if name in self.loaded:
                         self.loaded.move_to_end(name)
                         self.stats.hits += 1
+                        self.stats.note("hit", name)
                     else:
                         self._load(name)
                     self.pins[name] += 1
@@ -106,6 +116,7 @@ class LoraCatalogue:
         self.loaded[name] = None
         self.stats.loads += 1
         self.stats.load_ms.append((time.perf_counter() - started) * 1000)
+        self.stats.note("load", name, self.stats.load_ms[-1])
         log.info("LoRA %s loaded from %s in %.0f ms", name, entry.path, self.stats.load_ms[-1])
 
     def whole_forward_set(self, loras: tuple) -> tuple:
@@ -154,4 +165,5 @@ class LoraCatalogue:
                 del self.loaded[name]
                 self.whole_forward_names.discard(name)
                 self.stats.evictions += 1
+                self.stats.note("evict", name)
                 log.info("LoRA %s evicted (%d loaded)", name, len(self.loaded))

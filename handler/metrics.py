@@ -64,7 +64,28 @@ GPU_MEMORY = MetricSpec(
     (),
     "GPU memory held by PyTorch tensors after a batch (CUDA only)",
 )
-METRICS = (LATENCY, STAGE, IMAGES, REQUESTS, REJECTED, BATCH, GPU_MEMORY)
+LORA_LOADS = MetricSpec(
+    "sdxl_lora_loads_total",
+    "counter",
+    "Count",
+    ("Lora",),
+    "Catalogue LoRAs loaded (first use, or again after eviction)",
+)
+LORA_HITS = MetricSpec(
+    "sdxl_lora_cache_hits_total", "counter", "Count", ("Lora",), "Requests whose catalogue LoRA was already loaded"
+)
+LORA_EVICTIONS = MetricSpec(
+    "sdxl_lora_evictions_total", "counter", "Count", ("Lora",), "Catalogue LoRAs evicted from the LRU"
+)
+LORA_LOAD_TIME = MetricSpec(
+    "sdxl_lora_load_dekaseconds", "histogram", "Dekaseconds", (), "Time to load one catalogue LoRA"
+)
+LORAS_LOADED = MetricSpec("sdxl_loras_loaded", "gauge", "Count", (), "Catalogue LoRAs loaded now")
+METRICS = (
+    LATENCY, STAGE, IMAGES, REQUESTS, REJECTED, BATCH, GPU_MEMORY,
+    LORA_LOADS, LORA_HITS, LORA_EVICTIONS, LORA_LOAD_TIME, LORAS_LOADED,
+)  # fmt: skip
+LORA_EVENTS = {"load": LORA_LOADS, "hit": LORA_HITS, "evict": LORA_EVICTIONS}
 
 STAGES = {
     Stage.ENCODE_PROMPT: "text_encoding",
@@ -98,6 +119,8 @@ def call_metrics(
     ended: dict[int, tuple[Any, Any, dict[str, float]]],
     disconnected: int = 0,
     gpu_memory_bytes: int | None = None,
+    lora_events: list[tuple[str, str, float]] = (),
+    loras_loaded: int | None = None,
 ) -> list[Observation]:
     """What one handler call adds to the metrics.
 
@@ -107,6 +130,9 @@ def call_metrics(
             :class:`~handler.replies.Reply`, its stage timings in ms with "total").
         disconnected (`int`, defaults to 0): requests dropped because their client went away.
         gpu_memory_bytes (`int`, defaults to None): None on the CPU.
+        lora_events (`list`, defaults to none): the LoRA catalogue's (kind, name, load ms) since the last call;
+            kind is "load", "hit" or "evict".
+        loras_loaded (`int`, defaults to None): LoRAs loaded now; None without a catalogue.
     """
     observations = [Observation(BATCH, size, {})]
     for request, reply, stage_ms in ended.values():
@@ -126,6 +152,12 @@ def call_metrics(
         observations.append(Observation(REQUESTS, disconnected, {"Outcome": "disconnected"}))
     if gpu_memory_bytes is not None:
         observations.append(Observation(GPU_MEMORY, gpu_memory_bytes, {}))
+    for kind, name, load_ms in lora_events:
+        observations.append(Observation(LORA_EVENTS[kind], 1, {"Lora": name}))
+        if kind == "load":
+            observations.append(Observation(LORA_LOAD_TIME, load_ms / 1000 / DEKASECONDS, {}))
+    if loras_loaded is not None:
+        observations.append(Observation(LORAS_LOADED, loras_loaded, {}))
     return observations
 
 

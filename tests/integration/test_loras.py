@@ -40,3 +40,23 @@ def test_bad_lora_choices_are_400s_among_good_lora_requests_in_one_batch(lora_se
     assert responses[2].json()["parameters"]["loras"] == [{"name": "film", "scale": 1.5}]
     # LoRA and plain requests batched together share one group (one UNet forward per step).
     assert max(r.json()["batch"]["group_requests"] for r in responses if r.status_code == 200) >= 2
+
+
+def test_lora_loads_hits_and_evictions_reach_prometheus(lora_server):
+    from tests.integration.test_metrics import scrape, value
+
+    for name in ("ink", "ink", "film"):  # max_loaded_loras 1: load ink, hit ink, load film and evict ink
+        assert lora_server.predict({"prompt": "m", "loras": [{"name": name}]}).status_code == 200
+    wanted = [
+        r'^sdxl_lora_loads_total\{.*Lora="film"',
+        r'^sdxl_lora_cache_hits_total\{.*Lora="ink"',
+        r'^sdxl_lora_evictions_total\{.*Lora="ink"',
+        r"^sdxl_lora_load_dekaseconds_count",
+        r"^sdxl_loras_loaded\{",
+    ]
+    text = scrape(lora_server, wanted)
+    assert value(text, r'^sdxl_lora_loads_total\{.*Lora="film"') >= 1
+    assert value(text, r'^sdxl_lora_cache_hits_total\{.*Lora="ink"') >= 1
+    assert value(text, r'^sdxl_lora_evictions_total\{.*Lora="ink"') >= 1
+    assert value(text, r"^sdxl_lora_load_dekaseconds_count") >= 2
+    assert value(text, r"^sdxl_loras_loaded\{") == 1

@@ -13,7 +13,6 @@ from handler.lora_catalogue import CatalogueLora
 from tests.unit.test_core import decode_images
 from tests.unit.test_generation import max_diff
 
-
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -28,9 +27,7 @@ def make_lora(folder, seed: int, text_encoder: bool = False, targets=ATTENTION, 
 
     pipeline = build_tiny_pipeline()
     torch.manual_seed(seed)
-    unet_config = LoraConfig(
-        r=4, lora_alpha=4, target_modules=list(targets), init_lora_weights=False, use_dora=dora
-    )
+    unet_config = LoraConfig(r=4, lora_alpha=4, target_modules=list(targets), init_lora_weights=False, use_dora=dora)
     pipeline.unet.add_adapter(unet_config)
     layers = {"unet_lora_layers": get_peft_model_state_dict(pipeline.unet)}
     if text_encoder:
@@ -120,6 +117,28 @@ def test_eviction_and_reload_give_identical_images(tiny_model_dir, tiny_settings
     assert list(catalogue.loaded) == ["ink"] and catalogue.stats.loads == 3 and catalogue.stats.evictions == 2
     assert first.json()["images"] == again.json()["images"]  # the same bytes
     assert small.loaded.pipeline.get_list_adapters() == {"unet": ["ink"]}  # the others deleted
+
+
+def test_loads_hits_evictions_and_load_time_become_metrics(tiny_model_dir, tiny_settings, loras):
+    from handler.metrics import LORA_EVICTIONS, LORA_HITS, LORA_LOAD_TIME, LORA_LOADS, LORAS_LOADED
+
+    small = catalogue_core(tiny_model_dir, tiny_settings, loras, max_loaded=1)
+    seen = []
+    for name in ("ink", "ink", "neon"):
+        call = small.run(small.parse(rows({"prompt": "m", "loras": [{"name": name}]})))
+        seen += small.metrics(call, small.render(call))
+    counted = [
+        (o.spec, o.labels.get("Lora"), o.value) for o in seen if o.spec in (LORA_LOADS, LORA_HITS, LORA_EVICTIONS)
+    ]
+    assert counted == [
+        (LORA_LOADS, "ink", 1),
+        (LORA_HITS, "ink", 1),
+        (LORA_LOADS, "neon", 1),
+        (LORA_EVICTIONS, "ink", 1),
+    ]
+    load_times = [o.value for o in seen if o.spec == LORA_LOAD_TIME]
+    assert len(load_times) == 2 and all(t > 0 for t in load_times)
+    assert [o.value for o in seen if o.spec == LORAS_LOADED] == [1, 1, 1]
 
 
 def test_in_flight_loras_are_pinned_and_the_cache_shrinks_back_when_they_leave(tiny_model_dir, tiny_settings, loras):
