@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -43,7 +45,8 @@ def test_bad_lora_choices_are_400s_among_good_lora_requests_in_one_batch(lora_se
 
 
 def test_lora_loads_hits_and_evictions_reach_prometheus(lora_server):
-    from tests.integration.test_metrics import scrape, value
+    from tests.integration.test_metrics import LORA_SERIES, scrape, value
+    from tests.unit.test_deploy import dashboard_exprs, referenced_metrics
 
     for name in ("ink", "ink", "film"):  # max_loaded_loras 1: load ink, hit ink, load film and evict ink
         assert lora_server.predict({"prompt": "m", "loras": [{"name": name}]}).status_code == 200
@@ -60,3 +63,5 @@ def test_lora_loads_hits_and_evictions_reach_prometheus(lora_server):
     assert value(text, r'^sdxl_lora_evictions_total\{.*Lora="ink"') >= 1
     assert value(text, r"^sdxl_lora_load_dekaseconds_count") >= 2
     assert value(text, r"^sdxl_loras_loaded\{") == 1
+    queried = {name for expr in dashboard_exprs() for name in referenced_metrics(expr) if name.startswith(LORA_SERIES)}
+    assert queried and all(re.search(rf"^{name}\b", text, re.M) for name in queried), queried
