@@ -2,14 +2,16 @@
 
 Requests share UNet forwards when their latents have the same shape (width and height). Everything else
 (prompts, seeds, step counts, guidance, routed LoRAs) is per request in :mod:`handler.denoise`, so any mix of
-those can be grouped. The exception is a LoRA set that per-row routing cannot apply (DoRA, :mod:`handler.
-lora_catalogue`): PEFT applies it to a whole forward, so such requests share forwards only with the same set.
+those can be grouped. What a ``partition`` adds must match too: the UNet of a request's current stage (base
+or refiner, :mod:`handler.refiner`), and a LoRA set that per-row routing cannot apply (DoRA, :mod:`handler.
+lora_catalogue`), which PEFT applies to a whole forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .schema import GenerationRequest
 
@@ -18,11 +20,11 @@ from .schema import GenerationRequest
 class GroupKey:
     width: int
     height: int
-    adapters: tuple = ()  # a whole-forward LoRA set ((name, scale), ...); () for everything else
+    partition: tuple = ()  # what else must match: the stage's UNet, a whole-forward LoRA set
 
     @classmethod
-    def of(cls, request: GenerationRequest, adapters: tuple = ()) -> GroupKey:
-        return cls(request.width, request.height, adapters)
+    def of(cls, request: GenerationRequest, partition: tuple = ()) -> GroupKey:
+        return cls(request.width, request.height, partition)
 
 
 @dataclass
@@ -39,9 +41,9 @@ class Group:
 
 
 def group_requests(
-    requests: dict[int, GenerationRequest],
+    requests: dict[Any, GenerationRequest],
     max_images_per_call: int,
-    whole_forward_adapters: Callable[[GenerationRequest], tuple] | None = None,
+    partition: Callable[[Any], tuple] | None = None,
 ) -> list[Group]:
     """Groups in order of first appearance; a group never exceeds ``max_images_per_call`` images.
 
@@ -49,13 +51,13 @@ def group_requests(
         requests (`dict[int, GenerationRequest]`): valid requests keyed by their row in the batch.
         max_images_per_call (`int`): cap on one call's images (bounds its memory); must be at least the
             largest ``num_images_per_prompt``.
-        whole_forward_adapters (`Callable`, defaults to None): a request's LoRA set that must have a forward of
-            its own (() when routing applies); None when no LoRA needs one (decoding, no catalogue).
+        partition (`Callable`, defaults to None): a request's key -> what else its forward partners must share
+            (the engine's: its stage's UNet and a whole-forward LoRA set); None: size alone (decoding).
     """
     open_groups: dict[GroupKey, Group] = {}
     groups: list[Group] = []
     for row, request in requests.items():
-        key = GroupKey.of(request, whole_forward_adapters(request) if whole_forward_adapters else ())
+        key = GroupKey.of(request, partition(row) if partition else ())
         group = open_groups.get(key)
         if group is None or group.images + request.num_images_per_prompt > max_images_per_call:
             group = Group(key)

@@ -89,7 +89,9 @@ class Core:
         catalogue = None
         if settings.lora_catalogue:
             catalogue = LoraCatalogue(loaded.pipeline, settings.lora_catalogue, settings.max_loaded_loras)
-        self.denoiser = Denoiser(loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels, catalogue)
+        self.denoiser = Denoiser(
+            loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels, catalogue, loaded.refiner
+        )
         side = SideWorker(loaded.device, overlap=settings.overlaps_side_work(loaded.device.type))
         self.engine = Engine(
             self.denoiser, settings.max_images_per_call, side, encode=lambda images: encode_many(images, settings)
@@ -139,7 +141,7 @@ class Core:
 
         # 3. Static batching's record of the size groups its rows share steps in.
         if not self.settings.continuous:
-            groups = self.engine.groups({row: f.request for row, f in call.flights.items()})
+            groups = self.engine.groups(call.flights)
             call.groups = len(groups)
             for group in groups:
                 summary = {"requests": len(group.rows), "images": group.images}
@@ -215,13 +217,18 @@ class Core:
 
     def warmup(self) -> list[float]:
         """Generate once at every configured warmup shape, then once from an init image at the first shape (the
-        VAE encoder's first call), so the first user request is fast."""
+        VAE encoder's first call) and, with a refiner, once handed over to it, so the first user request is fast."""
         seconds, requests = [], []
         for shape in self.settings.warmup_shapes():
             body = {"prompt": "warmup", "seed": 0, "width": shape.width, "height": shape.height}
             request = parse_request({**body, "num_inference_steps": shape.num_inference_steps}, *self._bounds)
             requests.append((str(shape), [request] * shape.batch_images))
         requests.append(("img2img", [warmup_img2img(requests[0][1][0])]))
+        if self.loaded.refiner is not None:
+            first = requests[0][1][0]
+            body = {"prompt": "warmup", "seed": 0, "width": first.width, "height": first.height}
+            refined = {**body, "num_inference_steps": 4, "denoising_end": 0.5}
+            requests.append(("refiner", [parse_request(refined, *self._bounds)]))
         for name, batch in requests:
             started = time.perf_counter()
             self.engine.generate(batch)

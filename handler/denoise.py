@@ -19,9 +19,10 @@ from typing import Any
 import torch
 
 from .conditioning import encode_conditioning
-from .errors import NonFiniteImage
+from .errors import InvalidRequest, NonFiniteImage
 from .init_latents import Inpainting, LatentPreparer
 from .lora_routing import Route
+from .refiner import base_part, refiner_conditioning, refiner_part
 from .samplers import build_scheduler
 from .schema import GenerationRequest
 from .stages import Stage
@@ -30,6 +31,19 @@ from .stages import Stage
 def image_seeds(request: GenerationRequest) -> list[int]:
     assert request.seed is not None, "seed must be resolved before generation"
     return [request.seed + i for i in range(request.num_images_per_prompt)]
+
+
+@dataclass(eq=False)
+class LaterStage:
+    """The refiner's part of a request (:mod:`handler.refiner`): what its state switches to at the hand-over."""
+
+    guidance: bool
+    embeds: torch.Tensor
+    pooled: torch.Tensor
+    time_ids: torch.Tensor
+    scheduler: Any
+    timesteps: torch.Tensor
+    step_kwargs: dict[str, Any]
 
 
 @dataclass(eq=False)  # identity: states hold tensors, and two requests may be equal yet separate
@@ -49,14 +63,22 @@ class RequestState:
     guidance_condition: torch.Tensor | None = None  # (images, D): a guidance-distilled UNet's guidance input
     unet_extra: torch.Tensor | None = None  # an inpainting UNet's extra input channels, per UNet row
     inpainting: Inpainting | None = None  # a 4-channel UNet's inpainting: blended back after each step
-    step: int = 0
+    step: int = 0  # steps done, over all its stages
+    model: str = "base"  # the UNet of its current stage: "base" or "refiner"
+    stage_start: int = 0  # steps done before its current stage
+    later: LaterStage | None = None  # the refiner stage still to come
     forwards: int = 0  # UNet forwards it took part in
     started: float = field(default_factory=time.perf_counter)
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def total_steps(self) -> int:
-        return len(self.timesteps)
+        return self.stage_start + len(self.timesteps) + (len(self.later.timesteps) if self.later else 0)
+
+    @property
+    def stage_step(self) -> int:
+        """Its step within the current stage (an index into ``timesteps``)."""
+        return self.step - self.stage_start
 
     @property
     def finished(self) -> bool:
@@ -108,6 +130,7 @@ class Denoiser:
         device: torch.device,
         memory_ceiling_latent_pixels: int | None = None,
         loras: Any = None,
+        refiner: Any = None,
     ):
         """
         Args:
@@ -117,8 +140,11 @@ class Denoiser:
                 path: a UNet forward over more latent pixels than this raises ``torch.OutOfMemoryError``.
             loras (`LoraCatalogue`, defaults to None): the LoRA catalogue requests choose from; its router
                 applies each request's LoRAs to its own rows.
+            refiner (defaults to None): a ``StableDiffusionXLImg2ImgPipeline`` (the SDXL refiner) that requests
+                with ``denoising_end`` hand over to.
         """
         self.loras = loras
+        self.refiner = refiner
         self.memory_ceiling_latent_pixels = memory_ceiling_latent_pixels
         self.pipeline = pipeline
         self.device = device
@@ -165,6 +191,8 @@ class Denoiser:
             guidance_condition=self.guidance_condition(request, embeds.dtype),
             started=started,
         )
+        if request.denoising_end is not None:
+            self.plan_refiner(state)
         state.timings_ms[Stage.ENCODE_PROMPT] = (time.perf_counter() - started) * 1000
         if not self.needs_vae(request):
             self.prepare_latents(state)
@@ -195,20 +223,54 @@ class Denoiser:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompt embeddings, pooled embeddings and SDXL's time ids (:mod:`handler.conditioning`), with the
         request's LoRAs on the text encoders (the ones that have LoRA layers)."""
+        with self._text_loras(request):
+            return encode_conditioning(self.pipeline, self.device, request, guidance)
+
+    def _text_loras(self, request: GenerationRequest) -> Any:
+        """The request's LoRAs on the text encoders while its prompts are encoded (the refiner shares
+        ``text_encoder_2``, so its encoding gets them too, as in diffusers' ensemble)."""
         if not request.loras:
-            return encode_conditioning(self.pipeline, self.device, request, guidance)
+            return contextlib.nullcontext()
         whole = self.loras.whole_forward_set(request.loras)
-        applied = (
-            self.loras.whole_forward(whole)
-            if whole
-            else self.loras.router.route([Route(name, None, scale) for name, scale in request.loras])
-        )
-        with applied:
-            return encode_conditioning(self.pipeline, self.device, request, guidance)
+        if whole:
+            return self.loras.whole_forward(whole)
+        return self.loras.router.route([Route(name, None, scale) for name, scale in request.loras])
 
     def whole_forward_adapters(self, request: GenerationRequest) -> tuple:
         """The LoRA set that needs forwards of its own (() when its LoRAs are routed per row, or it has none)."""
         return self.loras.whole_forward_set(request.loras) if request.loras else ()
+
+    def plan_refiner(self, state: RequestState) -> None:
+        """Cut the base stage at ``denoising_end`` and prepare the refiner stage (:mod:`handler.refiner`): its
+        own scheduler of the refiner's config, its timesteps below the cut, its text conditioning."""
+        request = state.request
+        state.timesteps = base_part(state.scheduler, state.timesteps, request.denoising_end)
+        scheduler = build_scheduler(request.sampler, request.schedule, request.eta, self.refiner.scheduler)
+        scheduler.set_timesteps(request.num_inference_steps, device=self.device)
+        timesteps = refiner_part(scheduler, request.denoising_end)
+        if len(state.timesteps) == 0 or len(timesteps) == 0:
+            raise InvalidRequest(
+                f"`denoising_end` {request.denoising_end} leaves {len(state.timesteps)} of the "
+                f"{request.num_inference_steps} steps to the base and {len(timesteps)} to the refiner; each needs "
+                "at least one (more steps, or a hand-over nearer the middle)",
+                field="denoising_end",
+                value=request.denoising_end,
+            )
+        guidance = request.guidance_scale > 1 and self.refiner.unet.config.time_cond_proj_dim is None
+        with self._text_loras(request):
+            embeds, pooled, time_ids = refiner_conditioning(self.refiner, self.device, request, guidance)
+        step_kwargs = scheduler_step_kwargs(scheduler, state.generators, request.eta)
+        state.later = LaterStage(guidance, embeds, pooled, time_ids, scheduler, timesteps, step_kwargs)
+
+    def hand_over(self, state: RequestState) -> None:
+        """The base stage is done: the same latents go on in the refiner stage, no new noise added."""
+        later, state.later = state.later, None
+        state.model, state.stage_start = "refiner", state.step
+        state.guidance, state.embeds, state.pooled, state.time_ids = (
+            later.guidance, later.embeds, later.pooled, later.time_ids
+        )  # fmt: skip
+        state.scheduler, state.timesteps, state.step_kwargs = later.scheduler, later.timesteps, later.step_kwargs
+        state.guidance_condition = state.unet_extra = None
 
     def make_scheduler(self, request: GenerationRequest) -> Any:
         """A scheduler of this request's own: its sampler and schedule on the pipeline's scheduler config
@@ -230,7 +292,7 @@ class Denoiser:
         # 1. One UNet batch: per state [negative rows, positive rows] (or positive only without guidance).
         inputs, timesteps = [], []
         for state in states:
-            t = state.timesteps[state.step]
+            t = state.timesteps[state.stage_step]
             scaled = state.scheduler.scale_model_input(state.latents, t)
             rows = torch.cat([scaled] * (2 if state.guidance else 1))
             inputs.append(rows if state.unet_extra is None else torch.cat([rows, state.unet_extra], dim=1))
@@ -243,9 +305,10 @@ class Denoiser:
                     f"simulated: {pixels} latent pixels in one UNet forward exceed "
                     f"memory_ceiling_latent_pixels={self.memory_ceiling_latent_pixels}"
                 )
-        distilled = self.guidance_embedding_dim is not None
+        unet = self.unet_of(states[0])
+        distilled = unet.config.time_cond_proj_dim is not None
         with self._lora_routes(states):
-            noise = self._unet(states, batch_input, timesteps, distilled)
+            noise = self._unet(unet, states, batch_input, timesteps, distilled)
 
         # 2. Each state takes its rows back, applies its own guidance and steps its own scheduler.
         self._take_rows(states, noise)
@@ -272,10 +335,18 @@ class Denoiser:
         ]
         return self.loras.router.route(routes)
 
+    def unet_of(self, state: RequestState) -> Any:
+        return self.refiner.unet if state.model == "refiner" else self.pipeline.unet
+
     def _unet(
-        self, states: list[RequestState], batch_input: torch.Tensor, timesteps: list[torch.Tensor], distilled: bool
+        self,
+        unet: Any,
+        states: list[RequestState],
+        batch_input: torch.Tensor,
+        timesteps: list[torch.Tensor],
+        distilled: bool,
     ) -> torch.Tensor:
-        return self.pipeline.unet(
+        return unet(
             batch_input,
             torch.cat(timesteps),
             encoder_hidden_states=torch.cat([s.embeds for s in states]),
@@ -293,13 +364,15 @@ class Denoiser:
             if state.guidance:
                 uncond, cond = prediction.chunk(2)
                 prediction = uncond + state.request.guidance_scale * (cond - uncond)
-            t = state.timesteps[state.step]
+            t = state.timesteps[state.stage_step]
             latents = state.scheduler.step(prediction, t, state.latents, **state.step_kwargs, return_dict=False)[0]
             if state.inpainting is not None:
-                latents = state.inpainting.blend(latents, state.scheduler, state.timesteps, state.step)
+                latents = state.inpainting.blend(latents, state.scheduler, state.timesteps, state.stage_step)
             state.latents = latents
             state.step += 1
             state.forwards += 1
+            if state.later is not None and state.stage_step >= len(state.timesteps):
+                self.hand_over(state)
 
     def free_memory(self) -> None:
         """Release what an aborted call left behind (cached CUDA blocks, unreferenced tensors)."""

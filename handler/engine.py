@@ -161,10 +161,15 @@ class Engine:
             self.release(flight.request)
         return [flight.outcome for flight in flights]  # type: ignore[misc]
 
-    def groups(self, requests: dict[Any, GenerationRequest]) -> list[Group]:
-        """The requests that share each step's UNet forward (same size, and the same LoRA set where PEFT must
-        apply it to the whole forward)."""
-        return group_requests(requests, self.max_images_per_call, self.denoiser.whole_forward_adapters)
+    def groups(self, flights: dict[Any, Flight]) -> list[Group]:
+        """The flights that share each step's UNet forward: the same size, the same UNet (base or refiner
+        stage), and the same LoRA set where PEFT must apply it to the whole forward."""
+
+        def partition(key: Any) -> tuple:
+            state = flights[key].state
+            return (state.model, *self.denoiser.whole_forward_adapters(state.request))
+
+        return group_requests({k: f.request for k, f in flights.items()}, self.max_images_per_call, partition)
 
     # -- 1-3: the shared step -----------------------------------------------------------------------
 
@@ -173,7 +178,7 @@ class Engine:
         for flight in active:
             flight.denoise_started = flight.denoise_started or started
         by_id = {id(f): f for f in active}
-        for group in self.groups({id(f): f.request for f in active}):
+        for group in self.groups(by_id):
             members = [by_id[key] for key in group.rows]
             for part in self._within_cap(group.key, members):
                 self._step_isolated(group.key, part)

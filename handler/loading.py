@@ -25,6 +25,7 @@ class LoadedPipeline:
     dtype: torch.dtype
     attention: str  # "xformers" or "sdpa"
     source: str
+    refiner: Any = None  # a StableDiffusionXLImg2ImgPipeline sharing text_encoder_2 and the VAE, or None
 
 
 def resolve_device(setting: str, gpu_id: int | None = None) -> torch.device:
@@ -119,15 +120,20 @@ def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = N
     fuse_loras(pipeline, settings.loras)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
+    refiner = load_refiner(settings.refiner_path, pipeline, dtype, device) if settings.refiner_path else None
 
     # 3. Attention backend. diffusers uses SDPA by default, so only xformers needs switching on.
     attention = choose_attention(settings.attention, device)
     if attention == "xformers":
         pipeline.enable_xformers_memory_efficient_attention()
+        if refiner is not None:
+            refiner.enable_xformers_memory_efficient_attention()
 
     # 4. Optional graph compilation of the UNet (most of the compute).
     if settings.compile_mode:
         pipeline.unet = torch.compile(pipeline.unet, mode=settings.compile_mode, dynamic=False)
+        if refiner is not None:
+            refiner.unet = torch.compile(refiner.unet, mode=settings.compile_mode, dynamic=False)
 
     # SDXL's VAE overflows in float16; diffusers decodes in float32 when the VAE config says force_upcast.
     vae_upcast = dtype is torch.float16 and bool(getattr(pipeline.vae.config, "force_upcast", False))
@@ -141,4 +147,22 @@ def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = N
         "float32 (force_upcast)" if vae_upcast else str(pipeline.vae.dtype).removeprefix("torch."),
         torch.get_num_threads(),
     )
-    return LoadedPipeline(pipeline=pipeline, device=device, dtype=dtype, attention=attention, source=source)
+    return LoadedPipeline(
+        pipeline=pipeline, device=device, dtype=dtype, attention=attention, source=source, refiner=refiner
+    )
+
+
+def load_refiner(path: str, base: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    """The SDXL refiner, sharing the base's second text encoder and VAE (as diffusers' docs show): only its
+    UNet (and scheduler config) is loaded from ``path``."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        path, text_encoder_2=base.text_encoder_2, vae=base.vae, dtype=dtype
+    )
+    if not refiner.config.requires_aesthetics_score:
+        log.warning("refiner %s does not take aesthetic scores (requires_aesthetics_score is false)", path)
+    refiner.to(device)
+    refiner.set_progress_bar_config(disable=True)
+    log.info("loaded refiner %s (sharing text_encoder_2 and the VAE)", path)
+    return refiner

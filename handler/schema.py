@@ -15,6 +15,7 @@ from typing import Any
 from .checks import choice, integer, json_type, number, short, text
 from .errors import InvalidRequest
 from .images import RESIZE_MODES, InputImage, image_options, output_size, read_inputs
+from .refiner import refiner_options
 from .samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from .sizes import MAX_CONDITIONING_PIXELS, SDXL_BUCKETS, micro_conditioning
 
@@ -43,6 +44,7 @@ class Limits:
     max_loras_per_request: int = 3
     max_lora_scale: float = 2.0  # |scale| of one requested LoRA
     catalogue: tuple[tuple[str, float], ...] = ()  # (name, default scale): handler.lora_catalogue, set by settings
+    refiner: bool = False  # a refiner is loaded (handler.refiner_path), set by settings
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Defaults:
     strength: float = 0.8
     resize_mode: str = "none"
     keep_unmasked: bool = True
+    denoising_end: float | None = None  # None: the base alone; a fraction hands over to the refiner
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
 
 
 @dataclass(frozen=True)
@@ -100,6 +105,9 @@ class GenerationRequest:
     resize_mode: str | None = None  # set exactly when `image` is
     keep_unmasked: bool | None = None  # set exactly when `mask_image` is
     loras: tuple[tuple[str, float], ...] = ()  # (catalogue name, scale)
+    denoising_end: float | None = None  # the refiner's hand-over point (handler.refiner)
+    aesthetic_score: float | None = None  # set exactly when `denoising_end` is
+    negative_aesthetic_score: float | None = None
 
     @property
     def denoising_steps(self) -> int:
@@ -304,6 +312,7 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
             "[]",
             f"<= {limits.max_loras_per_request}, |scale| <= {limits.max_lora_scale}, names unique",
         ),
+        *refiner_fields(limits, defaults),
     )
 
 
@@ -353,6 +362,36 @@ def image_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
             "round trip shifts them slightly); false returns the raw decode, as diffusers does.",
             json.dumps(defaults.keep_unmasked),
             "",
+        ),
+    )
+
+
+def refiner_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
+    """The SDXL refiner's hand-over (:mod:`handler.refiner`)."""
+    available = "" if limits.refiner else " This model has no refiner (`handler.refiner_path`)."
+    return (
+        Field(
+            "denoising_end",
+            "number or null",
+            "Hand over to the refiner at this fraction of the schedule (diffusers' `denoising_end` / "
+            "`high_noise_frac`, 0.8 in its docs): the base runs the timesteps above the cut, the refiner the "
+            "rest on the same latents. Text-to-image and img2img; never inpainting. null: the base alone." + available,
+            json.dumps(defaults.denoising_end),
+            "0..1, exclusive; each model gets at least one step",
+        ),
+        Field(
+            "aesthetic_score",
+            "number",
+            "With `denoising_end`: the refiner's aesthetic-score conditioning (diffusers' default).",
+            str(defaults.aesthetic_score),
+            "0..10",
+        ),
+        Field(
+            "negative_aesthetic_score",
+            "number",
+            "With `denoising_end`: the aesthetic score of the refiner's negative (unconditional) rows.",
+            str(defaults.negative_aesthetic_score),
+            "0..10",
         ),
     )
 
@@ -417,6 +456,9 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     # 4e. img2img and inpainting.
     inputs = image_options(payload, get, image, mask_image, steps, width, height)
 
+    # 4f. The refiner's hand-over.
+    refined = refiner_options(payload, get, limits.refiner, inpainting=mask_image is not None)
+
     # 5. Streaming and time budget.
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
@@ -470,6 +512,7 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         aspect_ratio=aspect_ratio,
         **conditioning,
         **inputs,
+        **refined,
         loras=loras,
     )
 

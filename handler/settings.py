@@ -54,6 +54,8 @@ class HandlerSettings:
         lora_catalogue (`dict`, defaults to none): LoRAs requests may ask for by name (``loras`` field), each
             ``name: {path, scale, weight_name}``; loaded on first use, applied per row (:mod:`handler.lora_routing`).
         max_loaded_loras (`int`, defaults to 4): catalogue LoRAs kept loaded (LRU; in-use ones are never evicted).
+        refiner_path (`str`, defaults to None): an SDXL refiner (diffusers folder or hub id) sharing the base's
+            ``text_encoder_2`` and VAE; requests with ``denoising_end`` hand over to it (:mod:`handler.refiner`).
         device (`str`, defaults to "auto"): "auto" uses the GPU TorchServe assigns, else the CPU.
         dtype (`str`, defaults to "auto"): "auto" is float16 on CUDA and float32 on CPU.
         attention (`str`, defaults to "auto"): "auto" uses xformers when importable and on CUDA, else
@@ -91,6 +93,7 @@ class HandlerSettings:
     loras: tuple[FusedLora, ...] = ()
     lora_catalogue: dict[str, CatalogueLora] = field(default_factory=dict)
     max_loaded_loras: int = 4
+    refiner_path: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"
@@ -137,7 +140,11 @@ class HandlerSettings:
         catalogue = {
             name: _build(CatalogueLora, entry, f"handler.lora_catalogue.{name}") for name, entry in catalogue.items()
         }
-        limits = replace(limits, catalogue=tuple((name, entry.scale) for name, entry in catalogue.items()))
+        limits = replace(
+            limits,
+            catalogue=tuple((name, entry.scale) for name, entry in catalogue.items()),
+            refiner=bool(section.get("refiner_path")),
+        )
         warmup = section.pop("warmup", None)
         if warmup is not None:
             if not isinstance(warmup, list):

@@ -7,6 +7,7 @@ through the same ``StableDiffusionXLPipeline.from_pretrained`` call as real weig
 is downloaded. Images from it are noise-like; it exists to exercise the serving path end to end.
 
     python -m handler.tiny_model build/tiny-sdxl
+    python -m handler.tiny_model build/tiny-sdxl-refiner --refiner
 """
 
 from __future__ import annotations
@@ -204,10 +205,48 @@ def build_tiny_pipeline(seed: int = 0, time_cond_proj_dim: int | None = None, in
     )
 
 
-def save_tiny_pipeline(folder: str | Path, seed: int = 0, inpainting: bool = False) -> Path:
-    """Build the tiny pipeline and save it as a diffusers folder (safetensors). Returns the folder."""
+def build_tiny_refiner(base, seed: int = 1):
+    """A ``StableDiffusionXLImg2ImgPipeline`` with the SDXL refiner's architecture at toy sizes: no first text
+    encoder, a UNet conditioned on ``text_encoder_2`` alone (its hidden size) and on 5 time ids (original
+    size, crop, aesthetic score), sharing ``base``'s ``text_encoder_2``, ``tokenizer_2`` and VAE, as the real
+    refiner does in diffusers' ensemble."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        cross_attention_dim=TEXT_HIDDEN_SIZE,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=5 * TIME_EMBED_DIM + TEXT_PROJECTION_DIM,
+        norm_num_groups=8,
+    )
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(**SDXL_SCHEDULER_CONFIG),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,  # as stabilityai/stable-diffusion-xl-refiner-1.0's model_index
+    )
+
+
+def save_tiny_pipeline(folder: str | Path, seed: int = 0, inpainting: bool = False, refiner: bool = False) -> Path:
+    """Build the tiny pipeline (or, with ``refiner``, the tiny refiner) and save it as a diffusers folder
+    (safetensors). Returns the folder."""
     folder = Path(folder)
-    build_tiny_pipeline(seed, inpainting=inpainting).save_pretrained(folder)
+    base = build_tiny_pipeline(seed, inpainting=inpainting)
+    (build_tiny_refiner(base, seed + 1) if refiner else base).save_pretrained(folder)
     return folder
 
 
@@ -216,10 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, help="where to write the diffusers folder")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default: 0)")
     parser.add_argument("--inpainting", action="store_true", help="a 9-channel inpainting UNet")
+    parser.add_argument("--refiner", action="store_true", help="the tiny refiner (for handler.refiner_path)")
     args = parser.parse_args(argv)
-    folder = save_tiny_pipeline(args.folder, args.seed, args.inpainting)
+    folder = save_tiny_pipeline(args.folder, args.seed, args.inpainting, args.refiner)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-    print(f"tiny SDXL pipeline written to {folder} ({size / 1e6:.1f} MB)")
+    print(f"tiny SDXL {'refiner' if args.refiner else 'pipeline'} written to {folder} ({size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

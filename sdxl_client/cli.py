@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--image", type=Path, help="img2img: the init image (PNG, JPEG or WebP)")
     generate.add_argument("--strength", type=float, help="with --image: how much to change it (server default 0.8)")
     generate.add_argument("--mask", type=Path, help="inpainting, with --image: white repaints, black keeps")
+    generate.add_argument("--denoising-end", type=float, help="hand over to the server's refiner at this fraction")
     generate.add_argument("--resize-mode", choices=("none", "resize", "crop", "fill"), help="with --image")
     generate.add_argument("--previews", type=Path, help="folder for low-resolution previews")
     generate.add_argument("--preview-every", type=int, default=5, help="steps between previews (default 5)")
@@ -64,6 +65,7 @@ def request_body(args: argparse.Namespace) -> dict:
         ("strength", args.strength),
         ("mask_image", args.mask and base64_file(args.mask)),
         ("resize_mode", args.resize_mode),
+        ("denoising_end", args.denoising_end),
     ):
         if value is not None:
             body[key] = value

@@ -123,6 +123,29 @@ def server_with_model_yaml(root, **changes) -> TorchServe:
     return start_server(root / "server", root / "model_store")
 
 
+@pytest.fixture(scope="session")
+def options_server(tmp_path_factory):
+    """Its own TorchServe whose model has a LoRA catalogue (ink, film; max_loaded_loras 1) and the tiny refiner
+    (one server for tests/integration/test_loras.py and test_refiner.py)."""
+    import yaml
+
+    from handler.tiny_model import save_tiny_pipeline
+    from tests.unit.test_lora_catalogue import make_lora
+
+    root = tmp_path_factory.mktemp("options")
+    handler = yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text())["handler"]
+    catalogue = {
+        name: {"path": make_lora(root / name, seed), "scale": 0.8} for seed, name in enumerate(["ink", "film"])
+    }
+    refiner = save_tiny_pipeline(root / "tiny-refiner", refiner=True)
+    server = server_with_model_yaml(
+        root,
+        handler={**handler, "lora_catalogue": catalogue, "max_loaded_loras": 1, "refiner_path": str(refiner)},
+    )
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="module")
 def fragile_server(tmp_path_factory):
     """Its own TorchServe whose model has a 3 s responseTimeout, for crash and timeout tests."""

@@ -5,22 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
 
-from scripts.torchserve_control import REPO_ROOT
-from tests.integration.conftest import server_with_model_yaml, while_worker_is_busy
-from tests.unit.test_lora_catalogue import make_lora
+from tests.integration.conftest import while_worker_is_busy
 
 
-@pytest.fixture(scope="module")
-def lora_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loras")
-    handler = yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text())["handler"]
-    names = ["ink", "film"]
-    catalogue = {name: {"path": make_lora(root / name, seed), "scale": 0.8} for seed, name in enumerate(names)}
-    server = server_with_model_yaml(root, handler={**handler, "lora_catalogue": catalogue, "max_loaded_loras": 1})
-    yield server
-    server.stop()
+@pytest.fixture
+def lora_server(options_server):
+    return options_server
 
 
 def predict(server, body):

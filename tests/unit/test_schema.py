@@ -68,6 +68,9 @@ def test_every_field_is_taken_from_the_request():
         "resize_mode": "crop",
         "keep_unmasked": False,
         "loras": [],
+        "denoising_end": None,  # (the refiner's fields: tests/unit/test_refiner.py)
+        "aesthetic_score": None,
+        "negative_aesthetic_score": None,
     }
     request = parse_request(body)
     pairs = {name: tuple(value) for name, value in body.items() if isinstance(value, list) and name != "loras"}

@@ -1,0 +1,125 @@
+"""The SDXL refiner as diffusers' "ensemble of expert denoisers": the base denoises the high-noise part of the
+schedule, the refiner (``handler.refiner_path``) the rest, on the same latents.
+
+A request opts in with ``denoising_end`` (the hand-over point, diffusers' ``high_noise_frac``). Its base stage is
+the base schedule's timesteps ``>=`` the cutoff ``round(T x (1 - denoising_end))`` (``StableDiffusionXLPipeline``
+with ``denoising_end``); its refiner stage is a fresh scheduler of the refiner's config over the same
+``num_inference_steps``, keeping the timesteps ``<`` the cutoff (``StableDiffusionXLImg2ImgPipeline`` with
+``denoising_start``, latents handed over without new noise). A fresh scheduler means a multistep sampler's
+history (DPM++ 2M's previous outputs, UniPC's corrector) restarts at the switch: the refiner's first step is a
+first-order step, exactly as in diffusers' two-pipeline run. The per-image generators carry on (an ancestral
+sampler keeps drawing from the same streams).
+
+The refiner sees only ``text_encoder_2`` (as diffusers' refiner pipeline encodes: ``prompt``, with that encoder)
+and SDXL's aesthetic-score micro-conditioning instead of the target size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .checks import number
+from .errors import InvalidRequest
+
+REFINER_FIELDS = ("denoising_end", "aesthetic_score", "negative_aesthetic_score")
+
+
+def refiner_options(payload: dict, get: Callable[[str], Any], refiner: bool, inpainting: bool) -> dict[str, Any]:
+    """``denoising_end`` and the aesthetic scores, checked; {} when the request is not refined.
+
+    A yaml default ``denoising_end`` refines text-to-image and img2img requests; inpainting is never refined
+    (asking for it is a 400). The aesthetic scores without a hand-over are a 400, never ignored.
+    """
+    denoising_end = get("denoising_end")
+    if inpainting and payload.get("denoising_end") is not None:
+        raise InvalidRequest(
+            "`denoising_end` (the refiner) does not apply to inpainting (`mask_image`)",
+            field="denoising_end",
+            value=payload["denoising_end"],
+        )
+    if denoising_end is None or inpainting:
+        for name in REFINER_FIELDS[1:]:
+            if payload.get(name) is not None:  # null is "not given" (a reply's echo, sent back, is valid)
+                raise InvalidRequest(
+                    f"`{name}` conditions the refiner: it needs `denoising_end`", field=name, value=payload[name]
+                )
+        return {}
+    denoising_end = float(number("denoising_end", denoising_end, 0.0, 1.0))
+    if not 0 < denoising_end < 1:
+        raise InvalidRequest(
+            f"`denoising_end` must be between 0 and 1 (exclusive) but is {denoising_end}",
+            field="denoising_end",
+            value=denoising_end,
+        )
+    if not refiner:
+        raise InvalidRequest(
+            "`denoising_end` hands over to a refiner, and this model has none (handler.refiner_path)",
+            field="denoising_end",
+            value=denoising_end,
+        )
+    scores = {name: float(number(name, get(name), 0.0, 10.0)) for name in REFINER_FIELDS[1:]}
+    return {"denoising_end": denoising_end, **scores}
+
+
+def timestep_cutoff(scheduler: Any, denoising_end: float) -> int:
+    """diffusers' ``discrete_timestep_cutoff``: the base keeps timesteps >= it, the refiner those below."""
+    train_steps = scheduler.config.num_train_timesteps
+    return round(train_steps - denoising_end * train_steps)
+
+
+def base_part(scheduler: Any, timesteps: Any, denoising_end: float) -> Any:
+    """The base stage's timesteps (``StableDiffusionXLPipeline``'s ``denoising_end`` filter)."""
+    cutoff = timestep_cutoff(scheduler, denoising_end)
+    return timesteps[: sum(int(t >= cutoff) for t in timesteps)]
+
+
+def refiner_part(scheduler: Any, denoising_end: float) -> Any:
+    """The refiner stage's timesteps on a scheduler already ``set_timesteps``-ed (``StableDiffusionXLImg2Img
+    Pipeline.get_timesteps`` with ``denoising_start``: a second-order sampler keeps an odd count), with its
+    begin index set to match."""
+    timesteps = scheduler.timesteps
+    count = int((timesteps < timestep_cutoff(scheduler, denoising_end)).sum())
+    if scheduler.order == 2 and count % 2 == 0:
+        count += 1
+    start = len(timesteps) - count
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return timesteps[start:]
+
+
+def refiner_conditioning(refiner: Any, device: Any, request: Any, guidance: bool) -> tuple[Any, Any, Any]:
+    """Prompt embeddings, pooled embeddings and time ids for the refiner UNet, rows ``[negative...,
+    positive...]`` with guidance: the refiner pipeline's own ``encode_prompt`` and ``_get_add_time_ids``, with
+    its defaults for the sizes (the negative ones follow the positive ones unless set)."""
+    import torch
+
+    images = request.num_images_per_prompt
+    embeds, negative, pooled, negative_pooled = refiner.encode_prompt(
+        prompt=request.prompt,
+        prompt_2=request.prompt_2,
+        device=device,
+        num_images_per_prompt=images,
+        do_classifier_free_guidance=guidance,
+        negative_prompt=request.negative_prompt or None,
+        negative_prompt_2=request.negative_prompt_2 or None,
+    )
+    size = (request.height, request.width)
+    original, target = request.original_size or size, request.target_size or size
+    positive_ids, negative_ids = refiner._get_add_time_ids(
+        tuple(original),
+        tuple(request.crops_coords_top_left),
+        tuple(target),
+        request.aesthetic_score,
+        request.negative_aesthetic_score,
+        tuple(request.negative_original_size or original),
+        tuple(request.negative_crops_coords_top_left),
+        tuple(request.negative_target_size or target),
+        dtype=embeds.dtype,
+        text_encoder_projection_dim=refiner.text_encoder_2.config.projection_dim,
+    )
+    time_ids = positive_ids.repeat(images, 1)
+    if guidance:
+        embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
+        time_ids = torch.cat([negative_ids.repeat(images, 1), time_ids])
+    return embeds.to(device), pooled.to(device), time_ids.to(device)
