@@ -88,7 +88,12 @@ class Core:
         self.seed_source = seed_source
         catalogue = None
         if settings.lora_catalogue:
-            catalogue = LoraCatalogue(loaded.pipeline, settings.lora_catalogue, settings.max_loaded_loras)
+            catalogue = LoraCatalogue(
+                loaded.pipeline,
+                settings.lora_catalogue,
+                settings.max_loaded_loras,
+                grouped=settings.lora_batching == "grouped",
+            )
         self.denoiser = Denoiser(
             loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels, catalogue, loaded.refiner
         )

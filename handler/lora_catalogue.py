@@ -59,9 +59,11 @@ class LoraCatalogue:
         pipeline: the loaded SDXL pipeline (diffusers' LoRA loader mixin).
         entries (`dict[str, CatalogueLora]`): name -> where its weights are.
         max_loaded (`int`): adapters kept loaded at most (more only while all of them are in use).
+        grouped (`bool`, defaults to False): apply every adapter to whole forwards (never route per row).
     """
 
-    def __init__(self, pipeline: Any, entries: dict[str, CatalogueLora], max_loaded: int):
+    def __init__(self, pipeline: Any, entries: dict[str, CatalogueLora], max_loaded: int, grouped: bool = False):
+        self.grouped = grouped
         self.pipeline = pipeline
         self.entries = entries
         self.max_loaded = max_loaded
@@ -109,7 +111,7 @@ class LoraCatalogue:
         extra = {"weight_name": entry.weight_name} if entry.weight_name else {}
         self.pipeline.load_lora_weights(entry.path, adapter_name=name, **extra)
         self.pipeline.disable_lora()  # PEFT computes the base layer; the router adds each row's deltas
-        if self._unroutable_layers(name):
+        if self.grouped or self._unroutable_layers(name):
             self.whole_forward_names.add(name)
         pipe = self.pipeline
         self.router.attach(pipe.unet, getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))

@@ -54,6 +54,9 @@ class HandlerSettings:
         lora_catalogue (`dict`, defaults to none): LoRAs requests may ask for by name (``loras`` field), each
             ``name: {path, scale, weight_name}``; loaded on first use, applied per row (:mod:`handler.lora_routing`).
         max_loaded_loras (`int`, defaults to 4): catalogue LoRAs kept loaded (LRU; in-use ones are never evicted).
+        lora_batching (`str`, defaults to "mixed"): "mixed" routes each row's LoRAs inside one shared forward;
+            "grouped" applies every catalogue LoRA with PEFT to forwards of one LoRA set each (the fallback
+            DoRA always gets; for comparison, bench/lora_mix.py).
         refiner_path (`str`, defaults to None): an SDXL refiner (diffusers folder or hub id) sharing the base's
             ``text_encoder_2`` and VAE; requests with ``denoising_end`` hand over to it (:mod:`handler.refiner`).
         device (`str`, defaults to "auto"): "auto" uses the GPU TorchServe assigns, else the CPU.
@@ -93,6 +96,7 @@ class HandlerSettings:
     loras: tuple[FusedLora, ...] = ()
     lora_catalogue: dict[str, CatalogueLora] = field(default_factory=dict)
     max_loaded_loras: int = 4
+    lora_batching: str = "mixed"
     refiner_path: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -187,6 +191,8 @@ class HandlerSettings:
         if self.lora_catalogue and self.compile_mode is not None:
             raise ConfigError("handler.lora_catalogue cannot be combined with compile_mode: per-row LoRA hooks "
                               "break the compiled graph (fuse a fixed LoRA with handler.loras instead)")  # fmt: skip
+        if self.lora_batching not in ("mixed", "grouped"):
+            raise ConfigError(f"handler.lora_batching must be mixed or grouped but is {self.lora_batching!r}")
         if self.max_loaded_loras < 1:
             raise ConfigError(f"handler.max_loaded_loras must be >= 1 but is {self.max_loaded_loras}")
         if self.steps_per_call < 1:

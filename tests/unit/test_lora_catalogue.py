@@ -212,3 +212,20 @@ def test_conv_and_dora_loras_equal_diffusers_and_dora_gets_forwards_of_its_own(t
     ink = next(m for m in core.denoiser.loras._lora_layers() if "ink" in m.scaling)
     assert ink.scaling["ink"] == 1.0  # the DoRA set's set_adapters(ink=1.5) did not stay behind
     assert set(pipeline.get_list_adapters()["unet"]) == {"ink", "locon", "dora"}
+
+
+def test_grouped_lora_batching_gives_each_lora_set_its_own_forwards_and_the_same_images(
+    core, tiny_model_dir, tiny_settings, loras
+):
+    grouped = catalogue_core(tiny_model_dir, tiny_settings, loras, lora_batching="grouped")
+    bodies = [
+        {"prompt": "a fox", "seed": 1, "loras": [{"name": "ink"}]},
+        {"prompt": "a cat", "seed": 2, "loras": [{"name": "film", "scale": 0.5}]},
+        {"prompt": "a dog", "seed": 3},
+        {"prompt": "a cow", "seed": 4, "loras": [{"name": "ink"}]},
+    ]
+    replies, routed = grouped.handle(rows(*bodies)), core.handle(rows(*bodies))
+    assert [r.json()["batch"]["group_requests"] for r in replies] == [2, 1, 1, 2]  # the two ink requests together
+    assert [r.json()["batch"]["group_requests"] for r in routed] == [4, 4, 4, 4]
+    for ours, theirs in zip(replies, routed, strict=True):
+        assert max_diff(decode_images(ours)[0], decode_images(theirs)[0]) <= 1
