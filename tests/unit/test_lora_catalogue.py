@@ -229,3 +229,19 @@ def test_grouped_lora_batching_gives_each_lora_set_its_own_forwards_and_the_same
     assert [r.json()["batch"]["group_requests"] for r in routed] == [4, 4, 4, 4]
     for ours, theirs in zip(replies, routed, strict=True):
         assert max_diff(decode_images(ours)[0], decode_images(theirs)[0]) <= 1
+
+
+def test_a_failing_whole_forward_step_leaves_lora_disabled_and_the_scalings_restored(
+    tiny_model_dir, tiny_settings, tmp_path
+):
+    made = {"ink": make_lora(tmp_path / "ink", seed=1), "dora": make_lora(tmp_path / "dora", seed=7, dora=True)}
+    fragile = catalogue_core(tiny_model_dir, tiny_settings, made, memory_ceiling_latent_pixels=32 * 32 * 2)
+    body = {"prompt": "a dog", "seed": 3}
+    lora_set = [{"name": "dora"}, {"name": "ink", "scale": 1.5}]
+    failed = fragile.handle(rows({**body, "num_images_per_prompt": 2, "loras": lora_set}))[0]
+    assert failed.status == 507
+    layers = list(fragile.denoiser.loras._lora_layers())
+    assert all(layer.disable_adapters for layer in layers) and not fragile.denoiser.loras.pins
+    assert {layer.scaling["ink"] for layer in layers if "ink" in layer.scaling} == {1.0}
+    base = Core(load_pipeline(str(tiny_model_dir), tiny_settings), tiny_settings).handle(rows(body))[0]
+    assert max_diff(decode_images(fragile.handle(rows(body))[0])[0], decode_images(base)[0]) <= 1
