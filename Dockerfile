@@ -36,7 +36,7 @@ COPY sdxl_client/ sdxl_client/
 COPY scripts/ scripts/
 # The project's own install script: torch first and pinned, then the package (tests check the arguments);
 # Prometheus is for the test suite, not the image.
-RUN SKIP_PROMETHEUS=1 EDITABLE="" TORCH_SPEC="${TORCH_SPEC}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" EXTRAS="${EXTRAS}" \
+RUN SKIP_PROMETHEUS=1 SKIP_REDIS=1 SKIP_BROWSER=1 EDITABLE="" TORCH_SPEC="${TORCH_SPEC}" TORCH_INDEX_URL="${TORCH_INDEX_URL}" EXTRAS="${EXTRAS}" \
     bash scripts/install.sh
 
 COPY config/ config/

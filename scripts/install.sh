@@ -15,6 +15,10 @@ VENV="${VENV:-.venv}"
 packages=()
 command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
 [ -n "${SKIP_PROMETHEUS:-}" ] || command -v promtool >/dev/null 2>&1 || packages+=(prometheus)
+# The async job API's queue (tests start their own on loopback) and the browser its web page is tested in.
+# SKIP_REDIS=1 / SKIP_BROWSER=1 leave them out (images that use an external Redis, no browser tests).
+[ -n "${SKIP_REDIS:-}" ] || command -v redis-server >/dev/null 2>&1 || packages+=(redis-server)
+[ -n "${SKIP_BROWSER:-}" ] || command -v chromedriver >/dev/null 2>&1 || packages+=(chromium chromium-driver)
 if [ ${#packages[@]} -gt 0 ]; then
   echo "installing ${packages[*]} ..."
   if ! command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,89 @@
+"""SAQ's Redis queue, with the three things a GPU job queue needs that SAQ's defaults do not do.
+
+SAQ gives reliable delivery (BLMOVE queued -> active), heartbeats, sweeps of jobs whose dispatcher died, abort
+of queued and running jobs and retries. On top of it:
+
+1. A job that goes back (its dispatcher died, or drained on SIGTERM) goes to the HEAD of the queue, not the tail:
+   it was the oldest, and its client has waited longest.
+2. A draining dispatcher takes nothing more: a job its idle slots dequeue after SIGTERM goes straight back to the
+   head of the queue.
+3. Every requeue and every end SAQ decides (a sweep, an abort) is mirrored into the job's record (state.py), so
+   GET /jobs/{id} says ``pending`` again with the next attempt, or ``failed`` when the attempts are used up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from saq import Job, Status
+from saq.queue.redis import RedisQueue
+
+from .state import JobState
+
+GENERATE = "generate"  # the dispatcher's job function
+SWEPT = "swept"  # SAQ's error for a job whose dispatcher stopped heartbeating
+
+
+class JobQueue(RedisQueue):
+    """The queue of generation jobs; ``state`` receives the mirrored status changes."""
+
+    def __init__(self, redis: Any, name: str, state: JobState):
+        super().__init__(redis, name=name, swept_error_message=SWEPT)
+        self.state = state
+        self.draining = False
+
+    @property
+    def queued_list(self) -> str:
+        return self._queued
+
+    @property
+    def active_list(self) -> str:
+        return self._active
+
+    async def position(self, job_id: str) -> int | None:
+        """0 for the next job a dispatcher takes; None when the job is not waiting."""
+        return await self.redis.lpos(self._queued, self.job_id(job_id))
+
+    async def depth(self) -> tuple[int, int]:
+        """(pending, running) jobs."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.llen(self._queued)
+            pipe.llen(self._active)
+            queued, active = await pipe.execute()
+        return queued, active
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        job = await super().dequeue(timeout, poll_interval)
+        if job is not None and self.draining:
+            await self._back_to_head(job)
+            return None
+        return job
+
+    async def _retry(self, job: Job, error: str | None) -> None:
+        if job.next_retry_delay():
+            await super()._retry(job, error)
+        else:
+            await self._back_to_head(job)
+        await self.state.transition(job.key, "pending", attempt=job.attempts, requeued=error or "")
+
+    async def _back_to_head(self, job: Job) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lrem(self._active, 1, job.id)
+            pipe.lrem(self._queued, 1, job.id)
+            pipe.zadd(self._incomplete, {job.id: job.scheduled})
+            pipe.lpush(self._queued, job.id)
+            pipe.set(job.id, self.serialize(job))
+            await pipe.execute()
+        await self.notify(job)
+
+    async def _finish(self, job: Job, status: Status, *, result: Any = None, error: str | None = None) -> None:
+        await super()._finish(job, status, result=result, error=error)
+        if status == Status.ABORTED and error == SWEPT:
+            message = f"the dispatcher running this job stopped responding on each of {job.attempts} attempts"
+            await self.state.transition(job.key, "failed", error={"code": 503, "message": message})
+        elif status == Status.ABORTED:
+            await self.state.transition(job.key, "canceled")
+        elif status == Status.FAILED:
+            await self.state.transition(
+                job.key, "failed", error={"code": 500, "message": f"dispatcher error: {(error or '')[-300:]}"}
+            )

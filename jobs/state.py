@@ -1,0 +1,209 @@
+"""Job state in Redis, beside SAQ's queue: one hash per job (the API's view), a Redis Stream per job (its event
+log, resumable), idempotency keys, per-key open sets and cluster-wide statistics.
+
+SAQ owns delivery (queued/active lists, heartbeats, sweeps, aborts); this module owns what a client sees. Every
+status change goes through :meth:`JobState.transition`, one Lua script: a finished job (completed, failed,
+canceled) never changes again, whoever writes late (a swept dispatcher, a cancel racing a completion).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+
+TERMINAL = ("completed", "failed", "canceled")
+STATUSES = ("pending", "processing", *TERMINAL, "expired")
+# Seconds; the queue-wait and run-time histograms on /metrics.
+BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+EVENTS_MAXLEN = 2000  # per job: a 100-step job with previews is ~210 events
+
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'completed' or status == 'failed' or status == 'canceled' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 7))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', 'status', 'data', ARGV[1])
+if ARGV[3] == '1' then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
+  redis.call('DEL', KEYS[5])
+  redis.call('SREM', KEYS[3], KEYS[1])
+  redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+end
+return 1
+"""
+
+
+class JobState:
+    """The job API's Redis keys (prefix ``sdxl:``) and the operations on them.
+
+    Args:
+        redis (`redis.asyncio.Redis`): a client with ``decode_responses=False``.
+        result_ttl_s (`int`): how long a finished job's events are kept (its image too, by the store).
+        expired_record_ttl_s (`int`): how long after that the job still answers ``expired``.
+    """
+
+    def __init__(self, redis: Redis, result_ttl_s: int, expired_record_ttl_s: int):
+        self.redis = redis
+        self.result_ttl_s = result_ttl_s
+        self.expired_record_ttl_s = expired_record_ttl_s
+        self._transition = redis.register_script(_TRANSITION)
+        self.on_finished = None  # async (job_id, status) -> None, after a job's one terminal transition
+
+    # -- keys -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def record_key(job_id: str) -> str:
+        return f"sdxl:job:{job_id}"
+
+    @staticmethod
+    def body_key(job_id: str) -> str:
+        return f"sdxl:body:{job_id}"
+
+    @staticmethod
+    def events_key(job_id: str) -> str:
+        return f"sdxl:events:{job_id}"
+
+    @staticmethod
+    def open_key(owner: str) -> str:
+        return f"sdxl:open:{owner}"
+
+    STATS = "sdxl:stats"
+    DONE = "sdxl:done"  # zset of completion times: the throughput behind estimated_time
+
+    # -- writes ---------------------------------------------------------------------------------------
+
+    async def create(self, job_id: str, owner: str, body: bytes, fields: dict[str, Any]) -> None:
+        """Record a new pending job (before SAQ enqueues it, so a dispatcher always finds its record)."""
+        record = {"id": job_id, "owner": owner, "status": "pending", "created_at": repr(time.time()), "attempt": "0"}
+        record.update({name: _text(value) for name, value in fields.items()})
+        event = json.dumps({"status": "pending", "attempt": 0})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.record_key(job_id), mapping=record)
+            pipe.set(self.body_key(job_id), body)
+            pipe.sadd(self.open_key(owner), self.record_key(job_id))
+            pipe.xadd(self.events_key(job_id), {"event": "status", "data": event}, maxlen=EVENTS_MAXLEN)
+            pipe.hincrby(self.STATS, "submitted", 1)
+            await pipe.execute()
+
+    async def transition(self, job_id: str, status: str, **fields: Any) -> bool:
+        """Move a job to ``status`` (with ``fields`` on its record and a ``status`` event); False when the job
+        was already finished or is gone."""
+        owner = await self.redis.hget(self.record_key(job_id), "owner")
+        if owner is None:
+            return False
+        terminal = status in TERMINAL
+        if terminal:
+            fields.setdefault("finished_at", time.time())
+        texts = {name: _text(value) for name, value in fields.items()}
+        event = json.dumps({"status": status, **{k: _jsonable(v) for k, v in fields.items()}})
+        pairs = [item for pair in texts.items() for item in pair]
+        done = await self._transition(
+            keys=[
+                self.record_key(job_id),
+                self.events_key(job_id),
+                self.open_key(owner.decode()),
+                self.STATS,
+                self.body_key(job_id),
+            ],
+            args=[
+                event,
+                status,
+                "1" if terminal else "0",
+                self.result_ttl_s + self.expired_record_ttl_s,
+                self.result_ttl_s,
+                EVENTS_MAXLEN,
+                *pairs,
+            ],
+        )
+        if done == 1 and terminal and self.on_finished is not None:
+            await self.on_finished(job_id, status)
+        return done == 1
+
+    async def progress(self, job_id: str, event: dict[str, Any]) -> None:
+        """A dispatcher's progress/preview event: into the log, and the latest step onto the record."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if event.get("event") == "progress":
+                pipe.hset(
+                    self.record_key(job_id),
+                    mapping={
+                        "step": event.get("step", 0),
+                        "total_steps": event.get("total_steps", 0),
+                        "eta_s": event.get("eta_s", 0),
+                    },
+                )
+            data = {k: v for k, v in event.items() if k != "event"}
+            pipe.xadd(
+                self.events_key(job_id),
+                {"event": event.get("event", "progress"), "data": json.dumps(data)},
+                maxlen=EVENTS_MAXLEN,
+            )
+            await pipe.execute()
+
+    async def observe(self, name: str, seconds: float) -> None:
+        """One observation of the ``wait`` or ``run`` histogram (cluster-wide, in Redis)."""
+        bucket = next((str(b) for b in BUCKETS if seconds <= b), "+Inf")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(f"sdxl:hist:{name}", bucket, 1)
+            pipe.hincrbyfloat(f"sdxl:hist:{name}", "sum", seconds)
+            pipe.hincrby(f"sdxl:hist:{name}", "count", 1)
+            if name == "run":
+                now = time.time()
+                pipe.zadd(self.DONE, {f"{now}:{seconds}": now})
+                pipe.zremrangebyscore(self.DONE, 0, now - 300)
+            await pipe.execute()
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    async def record(self, job_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.record_key(job_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+
+    async def body(self, job_id: str) -> bytes | None:
+        return await self.redis.get(self.body_key(job_id))
+
+    async def events(self, job_id: str, after: str = "0-0", block_ms: int | None = None) -> list[tuple[str, str, Any]]:
+        """Events after stream id ``after`` as (id, event, data); ``block_ms`` waits for the next ones."""
+        reply = await self.redis.xread({self.events_key(job_id): after}, block=block_ms, count=500)
+        out = []
+        for _stream, entries in reply or []:
+            for entry_id, values in entries:
+                out.append((entry_id.decode(), values[b"event"].decode(), json.loads(values[b"data"])))
+        return out
+
+    async def open_count(self, owner: str) -> int:
+        return await self.redis.scard(self.open_key(owner))
+
+    async def throughput(self, window_s: float = 60.0) -> tuple[float | None, float | None]:
+        """(jobs finished per second over the last ``window_s``, their mean run time), or Nones before any."""
+        now = time.time()
+        entries = await self.redis.zrangebyscore(self.DONE, now - window_s, now)
+        if not entries:
+            return None, None
+        runs = [float(e.decode().split(":", 1)[1]) for e in entries]
+        first = float(entries[0].decode().split(":", 1)[0])
+        span = max(now - first, sum(runs) / len(runs), 1.0)
+        return len(entries) / span, sum(runs) / len(runs)
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(self.STATS)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def histogram(self, name: str) -> dict[str, float]:
+        raw = await self.redis.hgetall(f"sdxl:hist:{name}")
+        return {k.decode(): float(v) for k, v in raw.items()}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(value)
+
+
+def _jsonable(value: Any) -> Any:
+    return value if isinstance(value, (str, int, float, bool, type(None), list, dict)) else str(value)

@@ -1,0 +1,126 @@
+"""The async job stack for tests: a real Redis, gateways and dispatchers as processes, against a real TorchServe."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from scripts.jobs_control import JobProcess, RedisServer, write_jobs_config
+from scripts.torchserve_control import REPO_ROOT
+
+
+@dataclass
+class JobStack:
+    folder: Path
+    torchserve: object
+    settings: dict = field(default_factory=dict)
+    redis: RedisServer | None = None
+    gateway: JobProcess | None = None
+    dispatchers: list[JobProcess] = field(default_factory=list)
+    model_yaml: str = str(REPO_ROOT / "config" / "tiny-sdxl.yaml")
+
+    def start(self, dispatchers: int = 1) -> JobStack:
+        self.redis = RedisServer(self.folder / "redis")
+        self.redis.start()
+        self.config = write_jobs_config(
+            self.folder,
+            redis_url=self.redis.url,
+            model_yaml=self.model_yaml,
+            torchserve_url=self.torchserve.inference_url,
+            torchserve_key_file=str(self.torchserve.workdir / "key_file.json"),
+            **self.settings,
+        )
+        self.gateway = JobProcess("gateway", self.config, self.folder).start()
+        for _ in range(dispatchers):
+            self.add_dispatcher()
+        return self
+
+    def add_dispatcher(self, *extra_args: str) -> JobProcess:
+        dispatcher = JobProcess("dispatcher", self.config, self.folder, extra_args=list(extra_args)).start()
+        self.dispatchers.append(dispatcher)
+        return dispatcher
+
+    def stop(self) -> None:
+        for process in [*self.dispatchers, self.gateway]:
+            if process is not None:
+                process.stop()
+        if self.redis is not None:
+            self.redis.stop()
+
+    # -- the API -----------------------------------------------------------------------------------------
+
+    def key(self, name: str = "default") -> str:
+        return json.loads((self.folder / "jobs_keys.json").read_text())[name]
+
+    def headers(self, name: str = "default", **more: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key(name)}", **more}
+
+    def submit(
+        self, body: dict | bytes | str, *, key: str = "default", headers: dict | None = None, timeout: float = 70
+    ) -> requests.Response:
+        data = json.dumps(body) if isinstance(body, dict) else body
+        all_headers = {"Content-Type": "application/json", **self.headers(key), **(headers or {})}
+        return requests.post(f"{self.gateway.url}/generate", data=data, headers=all_headers, timeout=timeout)
+
+    def job(self, job_id: str, key: str = "default") -> dict:
+        response = requests.get(f"{self.gateway.url}/jobs/{job_id}", headers=self.headers(key), timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def wait(
+        self,
+        job_id: str,
+        timeout: float = 120,
+        key: str = "default",
+        until=("completed", "failed", "canceled", "expired"),
+    ) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id, key)
+            if job["status"] in until:
+                return job
+            time.sleep(0.1)
+        raise TimeoutError(f"job {job_id} still {job['status']} after {timeout} s:\n{self.logs()}")
+
+    def image(self, job_id: str, key: str = "default", index: int = 0) -> requests.Response:
+        return requests.get(
+            f"{self.gateway.url}/jobs/{job_id}/image", params={"index": index}, headers=self.headers(key), timeout=30
+        )
+
+    def events(self, job_id: str, key: str = "default", headers: dict | None = None) -> list[dict]:
+        """Every SSE event of a job until it finishes: [{"id", "event", "data"}]."""
+        response = requests.get(
+            f"{self.gateway.url}/jobs/{job_id}/events",
+            headers={**self.headers(key), **(headers or {})},
+            stream=True,
+            timeout=120,
+        )
+        response.raise_for_status()
+        return parse_sse(response.iter_lines(decode_unicode=True))
+
+    def logs(self) -> str:
+        return "\n".join(p.log_tail() for p in [self.gateway, *self.dispatchers] if p is not None)
+
+
+def parse_sse(lines) -> list[dict]:
+    events, current = [], {}
+    for line in lines:
+        if not line:
+            if current:
+                events.append(current)
+                current = {}
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(": ")
+        if name == "data":
+            current["data"] = json.loads(value)
+        elif name in ("id", "event"):
+            current[name] = value
+    if current:
+        events.append(current)
+    return events
