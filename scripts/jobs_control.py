@@ -115,6 +115,7 @@ class JobProcess:
     folder: Path
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
 
     @property
@@ -127,7 +128,7 @@ class JobProcess:
         command = [sys.executable, "-m", module, "--config", str(self.config), *self.extra_args]
         if self.kind == "gateway":
             command += ["--port", str(self.port)]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **self.env}
         self.log = self.folder / f"{self.kind}-{self.port}.log"
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)

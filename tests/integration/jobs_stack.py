@@ -22,10 +22,14 @@ class JobStack:
     gateway: JobProcess | None = None
     dispatchers: list[JobProcess] = field(default_factory=list)
     model_yaml: str = str(REPO_ROOT / "config" / "tiny-sdxl.yaml")
+    keys: dict = field(default_factory=lambda: {"default": "key-default-0123456789", "other": "key-other-0123456789"})
+    env: dict = field(default_factory=dict)
 
     def start(self, dispatchers: int = 1) -> JobStack:
         self.redis = RedisServer(self.folder / "redis")
         self.redis.start()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "jobs_keys.json").write_text(json.dumps(self.keys))
         self.config = write_jobs_config(
             self.folder,
             redis_url=self.redis.url,
@@ -34,13 +38,14 @@ class JobStack:
             torchserve_key_file=str(self.torchserve.workdir / "key_file.json"),
             **self.settings,
         )
-        self.gateway = JobProcess("gateway", self.config, self.folder).start()
+        self.gateway = JobProcess("gateway", self.config, self.folder, env=self.env).start()
         for _ in range(dispatchers):
             self.add_dispatcher()
         return self
 
     def add_dispatcher(self, *extra_args: str) -> JobProcess:
-        dispatcher = JobProcess("dispatcher", self.config, self.folder, extra_args=list(extra_args)).start()
+        dispatcher = JobProcess("dispatcher", self.config, self.folder, extra_args=list(extra_args), env=self.env)
+        dispatcher.start()
         self.dispatchers.append(dispatcher)
         return dispatcher
 
@@ -101,6 +106,19 @@ class JobStack:
         )
         response.raise_for_status()
         return parse_sse(response.iter_lines(decode_unicode=True))
+
+    def redis_client(self):
+        import redis
+
+        return redis.Redis(port=self.redis.port)
+
+    def depth(self) -> tuple[int, int]:
+        """(queued, active) straight from Redis."""
+        client = self.redis_client()
+        return client.llen("saq:sdxl:queued"), client.llen("saq:sdxl:active")
+
+    def metrics(self) -> str:
+        return requests.get(f"{self.gateway.url}/metrics", timeout=10).text
 
     def logs(self) -> str:
         return "\n".join(p.log_tail() for p in [self.gateway, *self.dispatchers] if p is not None)

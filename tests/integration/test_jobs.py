@@ -4,8 +4,13 @@ processes, started and stopped here."""
 from __future__ import annotations
 
 import base64
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
 
 from tests.integration.jobs_stack import JobStack
 
@@ -36,3 +41,181 @@ def test_a_job_streams_its_progress_and_its_image_equals_the_synchronous_one(sta
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     direct = server.predict(body).json()
     assert image.content == base64.b64decode(direct["images"][0])
+
+
+def torchserve_requests(server) -> float:
+    """Requests the handler has answered (all outcomes), from TorchServe's /metrics."""
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    return sum(float(m) for m in re.findall(r"^sdxl_requests_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+@pytest.fixture(scope="module")
+def idle(tmp_path_factory, server):
+    """A stack whose dispatcher is started by the test that needs one: jobs stay pending until then."""
+    stack = JobStack(tmp_path_factory.mktemp("idle"), server).start(dispatchers=0)
+    yield stack
+    stack.stop()
+
+
+def test_positions_and_estimates_fall_as_the_jobs_ahead_run(stack):
+    stack.wait(stack.submit({"prompt": "warm", "seed": 1}).json()["job_id"])  # a throughput to estimate from
+    ids = [
+        stack.submit({"prompt": f"queued {i}", "seed": i, "num_inference_steps": 12}).json()["job_id"]
+        for i in range(12)
+    ]
+    last, seen = ids[-1], []
+    while (job := stack.job(last))["status"] == "pending":
+        seen.append((job["queue_position"], job["estimated_time"]))
+        time.sleep(0.05)
+    positions = [p for p, _ in seen if p is not None]
+    estimates = [e for _, e in seen if e is not None]
+    assert positions and positions == sorted(positions, reverse=True) and positions[0] > positions[-1], seen
+    assert estimates and estimates[-1] < estimates[0], seen
+    assert all(stack.wait(i)["status"] == "completed" for i in ids)
+
+
+def test_a_pending_job_canceled_never_reaches_torchserve(idle, server):
+    before = torchserve_requests(server)
+    canceled = idle.submit({"prompt": "never run", "seed": 3}).json()["job_id"]
+    response = requests.delete(f"{idle.gateway.url}/jobs/{canceled}", headers=idle.headers(), timeout=10)
+    assert response.status_code == 200 and response.json()["status"] == "canceled"
+    assert idle.depth() == (0, 0)
+    again = requests.delete(f"{idle.gateway.url}/jobs/{canceled}", headers=idle.headers(), timeout=10)
+    assert again.status_code == 409 and "already canceled" in again.json()["error"]["message"]
+    dispatcher = idle.add_dispatcher()
+    try:
+        ran = idle.submit({"prompt": "runs", "seed": 4}).json()["job_id"]
+        assert idle.wait(ran)["status"] == "completed"
+    finally:
+        dispatcher.stop()
+        idle.dispatchers.remove(dispatcher)
+    assert idle.job(canceled)["status"] == "canceled"
+    time.sleep(1)  # TorchServe's metrics lag a moment behind the response
+    assert torchserve_requests(server) - before == 1, "only the job that was not canceled reached TorchServe"
+    assert idle.image(canceled).status_code == 409
+
+
+def test_twenty_concurrent_submits_with_one_idempotency_key_make_one_job(idle):
+    body = {"prompt": "once", "seed": 11}
+    with ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(lambda _: idle.submit(body, headers={"Idempotency-Key": "order-42"}), range(20)))
+    assert sorted(r.status_code for r in responses) == [200] * 19 + [202]
+    assert len({r.json()["job_id"] for r in responses}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 19
+    other_body = idle.submit({**body, "seed": 12}, headers={"Idempotency-Key": "order-42"})
+    assert other_body.status_code == 409 and "another request body" in other_body.json()["error"]["message"]
+    # keys are per API key: the other key's "order-42" is its own job
+    theirs = idle.submit(body, key="other", headers={"Idempotency-Key": "order-42"})
+    assert theirs.status_code == 202 and theirs.json()["job_id"] != responses[0].json()["job_id"]
+    job_id = responses[0].json()["job_id"]
+    for method in ("get", "delete"):
+        response = requests.request(method, f"{idle.gateway.url}/jobs/{job_id}", headers=idle.headers("other"))
+        assert response.status_code == 404 and response.json()["error"]["message"] == f"no job {job_id!r}"
+    assert idle.image(job_id, key="other").status_code == 404
+    assert requests.get(f"{idle.gateway.url}/jobs/{job_id}/events", headers=idle.headers("other")).status_code == 404
+    for job in (job_id, theirs.json()["job_id"]):
+        owner = "default" if job == job_id else "other"
+        requests.delete(f"{idle.gateway.url}/jobs/{job}", headers=idle.headers(owner), timeout=10)
+
+
+def malformed_submits(stack) -> list[tuple[str, dict | None, bytes]]:
+    """(why, headers, body) of submits that must each get a 4xx and queue nothing."""
+    good = {"prompt": "ok"}
+    cases: list[tuple[str, dict | None, bytes]] = []
+
+    def add(why, body, headers=None):
+        cases.append((why, headers, body if isinstance(body, bytes) else json.dumps(body).encode()))
+
+    for value in ("", None, 3, [], {"text": "x"}):
+        add(f"prompt {value!r}", {"prompt": value})
+    add("no prompt", {"negative_prompt": "x"})
+    for name, values in {
+        "num_inference_steps": [0, -1, 51, 2.5, "4", True, None, 10**30],
+        "guidance_scale": [-1, "high", float("inf") if False else 1e9, [], {}],
+        "width": [65, 0, -64, 8, 4096, "64", 64.5],
+        "height": [65, 0, 1, 100000, "x"],
+        "seed": [-1, 2**64, "7", 1.5, [1]],
+        "num_images_per_prompt": [0, 9, "1", -2],
+        "sampler": ["nope", 3, ""],
+        "strength": [0.5],
+        "loras": [[{"name": "missing"}], "ink", [{"scale": 1}]],
+        "output_format": ["gif", 1],
+        "timeout_s": [-1, "soon", 0],
+        "preview_every": [-1, 101, "2"],
+        "negative_prompt": [3, ["x"]],
+        "eta": [-1, "x"],
+        "schedule": ["sideways"],
+        "denoising_end": [0.5],
+        "aspect_ratio": ["7:3:1", 2],
+        "original_size": [[1], "big"],
+        "crops_coords_top_left": ["x"],
+    }.items():
+        for value in values:
+            add(f"{name}={value!r}", {**good, name: value})
+    for name in ("stream", "response_format"):
+        add(f"transport field {name}", {**good, name: True if name == "stream" else "image"})
+    for name in ("steps", "prompts", "webhook_url", "callback"):
+        add(f"unknown field {name}", {**good, name: 1})
+    for url in (
+        "ftp://127.0.0.1/x",
+        "http://169.254.169.254/latest",
+        "https://evil.example/x",
+        "not a url",
+        3,
+        "https://user:pw@127.0.0.1/x",
+        "https://" + "a" * 2100,
+    ):
+        add(f"webhook {url!r}"[:60], {**good, "webhook": url})
+    for metadata in ("x", [1], {"blob": "x" * 5000}):
+        add(f"metadata {str(metadata)[:20]}", {**good, "metadata": metadata})
+    for raw in (
+        b"",
+        b"{",
+        b"[]",
+        b'"prompt"',
+        b"null",
+        b'{"prompt": "a", "prompt": "b"}',
+        b'{"prompt": NaN}',
+        b"\xff\xfe",
+        b'{"prompt": "x"} trailing',
+        b"{" * 5000,
+    ):
+        add(f"body {raw[:20]!r}", raw)
+    add("image not base64", {**good, "image": "%%%"})
+    add("image gif", {**good, "image": base64.b64encode(b"GIF89a" + b"\0" * 20).decode()})
+    add("mask without image", {**good, "mask_image": "aGVsbG8="})
+    add("form content type", {**good}, {"Content-Type": "application/x-www-form-urlencoded"})
+    add("text content type", {**good}, {"Content-Type": "text/plain"})
+    add("no key", good, {"Authorization": ""})
+    add("wrong key", good, {"Authorization": "Bearer wrong-key-0123456789"})
+    add("basic auth", good, {"Authorization": "Basic dXNlcjpwdw=="})
+    add("prefer wait 0", good, {"Prefer": "wait=0"})
+    add("prefer wait 61", good, {"Prefer": "wait=61"})
+    add("prefer wait x", good, {"Prefer": "wait=soon"})
+    add("idempotency key empty", good, {"Idempotency-Key": ""})
+    add("idempotency key long", good, {"Idempotency-Key": "k" * 300})
+    add("over the body limit", b'{"prompt": "' + b"x" * (33 * 2**20) + b'"}')
+    return cases
+
+
+def test_malformed_submits_are_4xx_naming_the_problem_and_nothing_is_queued(idle):
+    submitted_before = re.search(r"^sdxl_jobs_submitted_total (\d+)", idle.metrics(), re.M).group(1)
+    depth_before = idle.depth()
+    cases = malformed_submits(idle)
+    assert len(cases) >= 100
+    for why, headers, body in cases:
+        response = idle.submit(body, headers=headers)
+        assert 400 <= response.status_code < 500, (why, response.status_code, response.text[:200])
+        error = response.json()["error"]
+        assert error["message"] and error["code"] == response.status_code, why
+    assert idle.depth() == depth_before
+    assert re.search(r"^sdxl_jobs_submitted_total (\d+)", idle.metrics(), re.M).group(1) == submitted_before
+    named = idle.submit({"prompt": "x", "width": 65}).json()["error"]
+    assert named == {
+        "code": 400,
+        "type": "InvalidRequest",
+        "message": "`width` must be divisible by 8 but is 65",
+        "field": "width",
+        "value": 65,
+    }
+    assert requests.get(f"{idle.gateway.url}/healthz", timeout=5).json() == {"status": "ok"}
