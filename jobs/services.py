@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -20,6 +20,8 @@ from .results import ResultStore, open_store
 from .settings import JobSettings
 from .state import JobState
 from .views import job_view
+
+log = logging.getLogger("sdxl.jobs")
 
 
 @dataclass
@@ -66,7 +68,14 @@ class Services:
         )
 
     async def job_finished(self, job_id: str, status: str) -> None:
-        """A job reached its one terminal status: queue its webhook, if it asked for one."""
+        """A job reached its one terminal status: queue its webhook, if it asked for one. Never raises: the
+        job's end is already written, and whoever wrote it must not be retried for a webhook."""
+        try:
+            await self._queue_webhook(job_id, status)
+        except Exception:
+            log.exception("could not queue the webhook of job %s (%s)", job_id, status)
+
+    async def _queue_webhook(self, job_id: str, status: str) -> None:
         record = await self.state.record(job_id)
         if not record or not record.get("webhook") or status not in webhooks.WEBHOOK_EVENTS:
             return
@@ -79,7 +88,7 @@ class Services:
                 function=webhooks.DELIVER,
                 key=delivery_id,
                 kwargs={
-                    "url": json.loads(record["webhook"]),
+                    "url": record["webhook"],
                     "delivery_id": delivery_id,
                     "status": status,
                     "body": webhooks.payload(delivery_id, status, view).decode(),

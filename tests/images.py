@@ -96,3 +96,14 @@ def malformed_image_bodies(size: int = 64) -> list[tuple[str, dict, str]]:
         ("keep_unmasked without mask", {"image": b64(png), "keep_unmasked": False}, "keep_unmasked"),
     ]
     return [(what, {**image, **body}, field) for what, body, field in cases]
+
+
+def max_pixel_difference(png_a: bytes, png_b: bytes) -> int:
+    """The largest per-channel difference of two encoded images of one size (batched vs alone: <= 1)."""
+    import io
+
+    import numpy as np
+
+    a, b = (np.asarray(Image.open(io.BytesIO(data)), dtype=np.int16) for data in (png_a, png_b))
+    assert a.shape == b.shape
+    return int(np.abs(a - b).max())

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from tests.images import max_pixel_difference
 from tests.integration.jobs_stack import JobStack
 
 
@@ -219,3 +220,133 @@ def test_malformed_submits_are_4xx_naming_the_problem_and_nothing_is_queued(idle
         "value": 65,
     }
     assert requests.get(f"{idle.gateway.url}/healthz", timeout=5).json() == {"status": "ok"}
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1: answers each POST with the next status of ``answers`` (then 200)."""
+
+    def __init__(self, answers: list[int]):
+        import http.server
+        import threading
+
+        self.answers, self.calls = list(answers), []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.calls.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                status = receiver.answers.pop(0) if receiver.answers else 200
+                self.send_response(status)
+                if status in (301, 302, 307, 308):
+                    self.send_header("Location", f"http://127.0.0.1:{self.server.server_port}/elsewhere")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_calls(self, count: int, timeout: float = 60) -> list:
+        deadline = time.monotonic() + timeout
+        while len(self.calls) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.calls
+
+    def close(self):
+        self.server.shutdown()
+
+
+WEBHOOK_SECRET = "whsec-test-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def hooked(tmp_path_factory, server):
+    """A stack whose webhooks may call 127.0.0.1 over http, retried quickly; results kept 4 s."""
+    settings = {
+        "webhook_allowed_hosts": ["127.0.0.1"],
+        "webhook_allow_http": True,
+        "webhook_secret": WEBHOOK_SECRET,
+        "webhook_retry_delay_s": 0.3,
+        "result_ttl_s": 4,
+        "public_url": "https://jobs.example",
+    }
+    stack = JobStack(tmp_path_factory.mktemp("hooked"), server, settings=settings).start()
+    yield stack
+    stack.stop()
+
+
+def test_a_webhook_is_delivered_after_two_failed_attempts_with_one_delivery_id(hooked):
+    from jobs.webhooks import verify
+
+    receiver = Receiver([500, 503])
+    try:
+        job_id = hooked.submit(
+            {"prompt": "hooked", "seed": 5, "webhook": receiver.url, "metadata": {"order": 42}}
+        ).json()["job_id"]
+        calls = receiver.wait_calls(3)
+        assert len(calls) == 3, hooked.logs()
+        time.sleep(1.5)
+        assert len(receiver.calls) == 3, "delivered once it got a 2xx, never again"
+    finally:
+        receiver.close()
+    ids = {headers["webhook-id"] for _, headers, _ in calls}
+    assert ids == {f"whd_{job_id}_completed"}
+    for _, headers, body in calls:
+        assert verify(WEBHOOK_SECRET, headers, body)
+        assert not verify("another-secret-0123456789", headers, body)
+    document = json.loads(calls[-1][2])
+    assert document["type"] == "job.completed" and document["id"] == f"whd_{job_id}_completed"
+    job = document["data"]
+    assert job["status"] == "completed" and job["metadata"] == {"order": 42} and job["seed"] == 5
+    assert job["image_url"] == f"https://jobs.example/jobs/{job_id}/image"
+    assert re.search(r'^sdxl_jobs_webhook_deliveries_total\{result="failed"\} 2$', hooked.metrics(), re.M)
+
+
+def test_a_webhook_redirect_is_a_failed_attempt_and_is_not_followed(hooked):
+    receiver = Receiver([302, 302, 302, 302, 302])
+    try:
+        job_id = hooked.submit({"prompt": "redirected", "webhook": receiver.url}).json()["job_id"]
+        assert hooked.wait(job_id)["status"] == "completed"
+        calls = receiver.wait_calls(5)
+    finally:
+        receiver.close()
+    assert [path for path, _, _ in calls] == ["/hook"] * 5, "the Location was never called"
+
+
+def test_a_finished_job_expires_after_the_result_ttl(hooked):
+    job_id = hooked.submit({"prompt": "short-lived"}).json()["job_id"]
+    assert hooked.wait(job_id)["status"] == "completed"
+    assert hooked.image(job_id).status_code == 200
+    time.sleep(4.5)
+    job = hooked.job(job_id)
+    assert job["status"] == "expired" and job["image_url"] is None and job["error"]["code"] == 410
+    image = hooked.image(job_id)
+    assert image.status_code == 410 and "expired" in image.json()["error"]["message"]
+
+
+def test_prefer_wait_answers_with_the_finished_job(stack):
+    response = stack.submit({"prompt": "waited for", "seed": 9}, headers={"Prefer": "wait=30"})
+    assert response.status_code == 200 and response.headers["Preference-Applied"] == "wait=30"
+    assert response.json()["status"] == "completed" and response.json()["image_url"].endswith("/image")
+    slow = stack.submit(
+        {"prompt": "too slow", "num_inference_steps": 50, "width": 256, "height": 256}, headers={"Prefer": "wait=0.2"}
+    )
+    assert slow.status_code == 202 and slow.json()["status"] in ("pending", "processing")
+    stack.wait(slow.json()["job_id"])
+
+
+def test_every_accepted_job_completes_across_a_redis_crash_and_restart(stack, server):
+    bodies = [{"prompt": f"durable {i}", "seed": 100 + i, "num_inference_steps": 8} for i in range(8)]
+    ids = [stack.submit(body).json()["job_id"] for body in bodies]
+    stack.redis.kill()  # SIGKILL: only the append-only file survives
+    time.sleep(2)
+    stack.redis.start()
+    jobs = [stack.wait(job_id, timeout=180) for job_id in ids]
+    assert [job["status"] for job in jobs] == ["completed"] * len(ids), stack.logs()
+    for body, job_id in zip(bodies[:2], ids[:2]):  # batched differently than alone: equal within 1/255
+        direct = base64.b64decode(server.predict(body).json()["images"][0])
+        assert max_pixel_difference(stack.image(job_id).content, direct) <= 1
