@@ -47,6 +47,12 @@ class QuietWorker(Worker):
 
     async def stop(self) -> None:
         self.queue.draining = True
+        self.event.set()
+        # The upkeep loops sleep up to their timer and hold no job: end them now, so that SAQ's grace period
+        # (it waits for every task) is spent on running jobs only. Idle slots return within dequeue_timeout.
+        for task in list(self.tasks):
+            if task.get_name() != "process":
+                task.cancel()
         await super().stop()
 
 

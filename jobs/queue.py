@@ -17,6 +17,7 @@ from typing import Any
 
 from saq import Job, Status
 from saq.queue.redis import RedisQueue
+from saq.utils import now
 
 from .state import JobState
 
@@ -51,6 +52,34 @@ class JobQueue(RedisQueue):
             pipe.llen(self._active)
             queued, active = await pipe.execute()
         return queued, active
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        """Put back the running jobs whose dispatcher went silent (no heartbeat for ``heartbeat`` s, or past
+        their ``timeout``); with no attempts left, fail them.
+
+        Replaces SAQ's sweep, which also takes any job in the active list whose status is not yet ``active``:
+        a job another dispatcher dequeued a moment ago (BLMOVE, then the status write) was swept as dead.
+        """
+        if not await self.redis.set(self._sweep, 1, nx=True, ex=max(int(lock), 1)):
+            return []  # another dispatcher sweeps this round
+        swept = []
+        for job_id in await self.redis.lrange(self._active, 0, -1):
+            job = await self._get_job_by_id(job_id)
+            if job is None:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    pipe.lrem(self._active, 0, job_id)
+                    pipe.zrem(self._incomplete, job_id)
+                    await pipe.execute()
+                continue
+            if not _silent(job):
+                continue
+            swept.append(job.key)
+            await self.redis.setex(job.abort_id, max(int(abort), 1), SWEPT)  # in case it is only slow
+            if job.retryable:
+                await self.retry(job, SWEPT)
+            else:
+                await self.finish(job, Status.ABORTED, error=SWEPT)
+        return swept
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
         job = await super().dequeue(timeout, poll_interval)
@@ -87,3 +116,13 @@ class JobQueue(RedisQueue):
             await self.state.transition(
                 job.key, "failed", error={"code": 500, "message": f"dispatcher error: {(error or '')[-300:]}"}
             )
+
+
+def _silent(job: Job) -> bool:
+    """No heartbeat for ``job.heartbeat`` s (SAQ's times are ms), or running past ``job.timeout``."""
+    current = now()
+    last = max(job.touched, job.started, job.queued)
+    return bool(
+        (job.heartbeat and current - last > job.heartbeat * 1000)
+        or (job.timeout and job.started and current - job.started > job.timeout * 1000)
+    )

@@ -347,6 +347,6 @@ def test_every_accepted_job_completes_across_a_redis_crash_and_restart(stack, se
     stack.redis.start()
     jobs = [stack.wait(job_id, timeout=180) for job_id in ids]
     assert [job["status"] for job in jobs] == ["completed"] * len(ids), stack.logs()
-    for body, job_id in zip(bodies[:2], ids[:2]):  # batched differently than alone: equal within 1/255
+    for body, job_id in zip(bodies[:2], ids[:2], strict=True):  # batched differently than alone: equal within 1/255
         direct = base64.b64decode(server.predict(body).json()["images"][0])
         assert max_pixel_difference(stack.image(job_id).content, direct) <= 1
