@@ -67,17 +67,15 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
     model_yaml = yaml.safe_load(Path(settings.model_yaml).read_text())
     handler_settings = HandlerSettings.from_yaml(model_yaml)
     keys = load_api_keys(settings)
-    app = FastAPI(title="sdxl-torchserve jobs", docs_url=None, redoc_url=None)
-    app.state.settings = settings
-    app.state.services = None
 
-    @app.on_event("startup")
-    async def connect() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
         app.state.services = Services.connect(settings)
-
-    @app.on_event("shutdown")
-    async def disconnect() -> None:
+        yield
         await app.state.services.close()
+
+    app = FastAPI(title="sdxl-torchserve jobs", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.settings = settings
 
     # -- errors: every one mapped to a status in this one place ------------------------------------------
 
@@ -177,7 +175,8 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
                     field=name,
                     value=payload[name],
                 )
-        parsed = parse_request(payload, handler_settings.limits, handler_settings.defaults)
+        # Checked as the dispatcher will send it: streamed (so `preview_every` is allowed).
+        parsed = parse_request({**payload, "stream": True}, handler_settings.limits, handler_settings.defaults)
         if "webhook" in job_fields:
             webhooks.check_webhook(job_fields["webhook"], settings)
         if "metadata" in job_fields:
@@ -230,6 +229,7 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
             body,
             {
                 "total_steps": parsed.denoising_steps,
+                "prompt": parsed.prompt[:200],
                 **{name: value for name, value in job_fields.items()},
             },
         )

@@ -58,6 +58,7 @@ def job_view(
         "estimated_time": None if status in (*TERMINAL, "expired") else _round(estimated_time),
         "image_url": f"{base_url}/jobs/{job_id}/image" if done and images else None,
         "image_urls": [f"{base_url}/jobs/{job_id}/image?index={i}" for i in range(len(images))] if done else [],
+        "prompt": record.get("prompt"),
         "seed": (loaded.get("seeds") or [None])[0],
         "seeds": loaded.get("seeds"),
         "parameters": loaded.get("parameters"),

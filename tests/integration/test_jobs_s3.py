@@ -27,8 +27,8 @@ CREDENTIALS = {
 @pytest.fixture
 def s3_endpoint(tmp_path):
     port = free_port()
-    log = open(tmp_path / "moto.log", "wb")
-    process = subprocess.Popen([tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+    with open(tmp_path / "moto.log", "wb") as log:
+        process = subprocess.Popen([tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -40,7 +40,6 @@ def s3_endpoint(tmp_path):
     yield endpoint
     process.terminate()
     process.wait(10)
-    log.close()
 
 
 def test_results_go_to_s3_and_the_image_url_redirects_to_a_presigned_object(tmp_path, server, s3_endpoint, monkeypatch):
