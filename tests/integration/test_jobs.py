@@ -350,3 +350,43 @@ def test_every_accepted_job_completes_across_a_redis_crash_and_restart(stack, se
     for body, job_id in zip(bodies[:2], ids[:2], strict=True):  # batched differently than alone: equal within 1/255
         direct = base64.b64decode(server.predict(body).json()["images"][0])
         assert max_pixel_difference(stack.image(job_id).content, direct) <= 1
+
+
+def test_events_resume_after_last_event_id_and_the_websocket_carries_the_same_log(stack):
+    from websockets.sync.client import connect
+
+    job_id = stack.submit({"prompt": "followed", "num_inference_steps": 5}).json()["job_id"]
+    events = stack.events(job_id)
+    resumed = stack.events(job_id, headers={"Last-Event-ID": events[2]["id"]})
+    assert resumed == events[3:]
+    url = stack.gateway.url.replace("http://", "ws://") + f"/ws/jobs/{job_id}"
+    with connect(url) as socket:  # a browser cannot set headers: the key comes as the first message
+        socket.send(json.dumps({"authorization": f"Bearer {stack.key()}"}))
+        messages = [json.loads(message) for message in socket]
+    assert [(m["id"], m["event"], m["data"]) for m in messages] == [(e["id"], e["event"], e["data"]) for e in events]
+    with connect(url, additional_headers=stack.headers("other")) as socket:
+        refused = json.loads(socket.recv())
+    assert refused["error"]["code"] == 404
+    bad = requests.get(f"{stack.gateway.url}/jobs/{job_id}/events", headers=stack.headers(**{"Last-Event-ID": "x"}))
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "Last-Event-ID"
+
+
+def test_the_cli_submits_waits_fetches_and_cancels(stack, tmp_path, capsys):
+    from sdxl_client.cli import main
+
+    gateway = ["--jobs-url", stack.gateway.url, "--api-key", stack.key()]
+    assert main(["submit", "a cli job", "--seed", "8", "--steps", "3", *gateway]) == 0
+    job_id = capsys.readouterr().out.strip()
+    assert job_id.startswith("job_")
+    assert main(["wait", job_id, "-o", str(tmp_path / "waited.png"), *gateway]) == 0
+    assert main(["fetch", job_id, "-o", str(tmp_path / "fetched.png"), *gateway]) == 0
+    assert (
+        (tmp_path / "waited.png").read_bytes() == (tmp_path / "fetched.png").read_bytes() == stack.image(job_id).content
+    )
+    capsys.readouterr()
+    assert main(["status", job_id, *gateway]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == 8
+    assert main(["cancel", job_id, *gateway]) == 2  # finished: 409
+    assert "already completed" in capsys.readouterr().err
+    assert main(["submit", "bad", "--width", "65", *gateway]) == 2
+    assert "`width` must be divisible by 8 but is 65 (field `width`)" in capsys.readouterr().err
