@@ -60,7 +60,16 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         conf = self.folder / "redis.conf"
         conf.write_text(redis_conf(self.port, self.folder))
-        self.process = subprocess.Popen([binary, str(conf)], cwd=self.folder)
+        # Its own session and no inherited stdout: it outlives a `scripts/jobs_server.py start` and never holds
+        # the caller's pipe open.
+        self.process = subprocess.Popen(
+            [binary, str(conf)],
+            cwd=self.folder,
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ping():
@@ -131,7 +140,9 @@ class JobProcess:
         env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **self.env}
         self.log = self.folder / f"{self.kind}-{self.port}.log"
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+            )
         if self.kind == "gateway":
             self.wait_healthy()
         return self
