@@ -15,7 +15,7 @@ FROM ${BASE_IMAGE} AS runtime
 ARG TORCH_SPEC=torch==2.9.1
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
 # Add ",xformers" only with an xformers release built for TORCH_SPEC (else pip replaces torch); SDPA is the default.
-ARG EXTRAS=serve
+ARG EXTRAS=serve,jobs
 # volume: weights mounted at /models/sdxl-base-1.0 at run time; baked: copied from the weights context;
 # tiny: the offline tiny model, for a CPU smoke test.
 ARG MODEL=volume
@@ -33,6 +33,7 @@ WORKDIR /opt/sdxl-torchserve
 COPY pyproject.toml README.md ./
 COPY handler/ handler/
 COPY sdxl_client/ sdxl_client/
+COPY jobs/ jobs/
 COPY scripts/ scripts/
 # The project's own install script: torch first and pinned, then the package (tests check the arguments);
 # Prometheus is for the test suite, not the image.
