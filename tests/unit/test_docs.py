@@ -18,11 +18,11 @@ def test_readme_request_table_matches_the_schema_and_sdxl_yaml():
     assert table == markdown_table(settings.limits, settings.defaults)
 
 
-def test_readme_quickstart_is_the_two_scripts_and_ci_runs_the_test_one():
+def test_readme_quickstart_is_the_three_scripts_and_ci_runs_the_test_one():
     readme = (REPO_ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     commands = [line.split("#")[0].strip() for line in quickstart.strip().splitlines()]
-    assert commands == ["bash scripts/quickstart.sh", "bash scripts/test.sh"]
+    assert commands == ["bash scripts/quickstart.sh", "bash scripts/jobs.sh", "bash scripts/test.sh"]
     assert "bash scripts/test.sh" in (REPO_ROOT / ".ci" / "run").read_text()
 
 
@@ -48,13 +48,14 @@ def _curl_bodies(text: str) -> list[str]:
 
 def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
     from handler.schema import FIELDS
+    from jobs.gateway import JOB_FIELDS  # POST /generate's own fields beside the schema
 
     errors = _readme_section("### Errors")
     texts = [(REPO_ROOT / "README.md").read_text().replace(errors, "")]
     texts += [path.read_text() for path in sorted((REPO_ROOT / "docs").glob("*.md"))]
     bodies = [json.loads(body) for text in texts for body in _curl_bodies(text)]
     assert len(bodies) >= 5
-    unknown = {key for body in bodies for key in body if key not in FIELDS}
+    unknown = {key for body in bodies for key in body if key not in (*FIELDS, *JOB_FIELDS)}
     assert not unknown, f"README examples use fields the schema rejects: {unknown}"
 
 
