@@ -390,3 +390,25 @@ def test_the_cli_submits_waits_fetches_and_cancels(stack, tmp_path, capsys):
     assert "already completed" in capsys.readouterr().err
     assert main(["submit", "bad", "--width", "65", *gateway]) == 2
     assert "`width` must be divisible by 8 but is 65 (field `width`)" in capsys.readouterr().err
+
+
+def test_caps_per_key_and_overall_answer_429_with_retry_after(tmp_path, server):
+    stack = JobStack(tmp_path, server, settings={"max_open_per_key": 2, "max_queued": 3}).start(dispatchers=0)
+    try:
+        assert [stack.submit({"prompt": f"mine {i}"}).status_code for i in range(2)] == [202, 202]
+        mine = stack.submit({"prompt": "one too many"})
+        assert mine.status_code == 429 and mine.headers["Retry-After"] == "10"
+        assert mine.json()["error"]["type"] == "TooManyJobs"
+        assert stack.submit({"prompt": "theirs"}, key="other").status_code == 202
+        full = stack.submit({"prompt": "queue full"}, key="other")
+        assert full.status_code == 429 and full.json()["error"]["type"] == "QueueFull" and full.headers["Retry-After"]
+        assert stack.depth() == (3, 0)
+        first = stack.submit({"prompt": "x"}, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 429  # refused submits do not hold their idempotency key
+        job_id = requests.get(f"{stack.gateway.url}/jobs", headers=stack.headers(), timeout=10).json()["jobs"][0][
+            "job_id"
+        ]
+        requests.delete(f"{stack.gateway.url}/jobs/{job_id}", headers=stack.headers(), timeout=10)
+        assert stack.submit({"prompt": "x"}, headers={"Idempotency-Key": "k1"}).status_code == 202
+    finally:
+        stack.stop()
