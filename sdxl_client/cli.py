@@ -186,27 +186,29 @@ def follow_job(client: JobsClient, job_id: str) -> dict:
         return client.wait(job_id, show)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command != "generate":
-        try:
-            return run_job_command(args)
-        except APIError as exc:
-            where = f" (field `{exc.field}`)" if exc.field else ""
-            print(f"error: {exc.message}{where} [HTTP {exc.status} {exc.error_type}]".rstrip(), file=sys.stderr)
-            return 2 if 400 <= exc.status < 500 else 1
-        except requests.RequestException as exc:
-            print(f"error: cannot reach {args.jobs_url}: {exc}", file=sys.stderr)
-            return 1
+def calling(url: str, command) -> int:
+    """Run ``command``; an API error or an unreachable server becomes one line on stderr and an exit code
+    (2 for a 4xx: the request must change; 1 otherwise)."""
     try:
-        result = generate(args)
+        return command()
     except APIError as exc:
         where = f" (field `{exc.field}`)" if exc.field else ""
         print(f"error: {exc.message}{where} [HTTP {exc.status} {exc.error_type}]".rstrip(), file=sys.stderr)
         return 2 if 400 <= exc.status < 500 else 1
     except requests.RequestException as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        print(f"error: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "generate":
+        return calling(args.jobs_url, lambda: run_job_command(args))
+    return calling(args.url, lambda: save_generated(args))
+
+
+def save_generated(args: argparse.Namespace) -> int:
+    result = generate(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(base64.b64decode(result["images"][0]))
     parameters = result["parameters"]
