@@ -31,9 +31,14 @@ def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_json_text(text: str) -> Any:
-    """Strict JSON: rejects NaN/Infinity and duplicate keys, and reports where it broke."""
+    """Strict JSON: rejects NaN/Infinity, duplicate keys and text that is not Unicode (a lone surrogate such as
+    ``"\\ud800"``, which no UTF-8 encoder can write: Redis, logs and replies would fail on it later), and reports
+    where it broke."""
     try:
-        return json.loads(text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant)
+        value = json.loads(text, object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant)
+        if "\\u" in text or not text.isascii():  # surrogates come only from \u escapes or a str that has them
+            _check_unicode(value, "")
+        return value
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -42,6 +47,28 @@ def parse_json_text(text: str) -> Any:
         raise InvalidRequest("request body is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal beyond Python's 4300-digit conversion limit
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+
+
+def _check_unicode(value: Any, path: str) -> None:
+    """Raise InvalidRequest naming the first string (or key) at ``path`` that cannot be encoded as UTF-8."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            name = path or "request body"
+            raise InvalidRequest(
+                f"`{name}` is not valid Unicode text: the lone surrogate \\u{ord(value[exc.start]):04x} at character "
+                f"{exc.start} cannot be encoded as UTF-8",
+                field=name,
+                value=value.encode("utf-8", "backslashreplace").decode("ascii"),
+            ) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, f"{path}.<key>" if path else "<key>")
+            _check_unicode(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_unicode(item, f"{path}[{index}]")
 
 
 def decode_row(row: Any) -> Any:

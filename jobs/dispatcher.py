@@ -2,9 +2,16 @@
 TorchServe with ``"stream": true``, relaying progress into the job's event log.
 
 ``concurrency`` jobs run at once (batchSize x workers by default) so TorchServe's batches still fill; every GPU
-decision (batching, continuous joining) stays TorchServe's. On SIGTERM (a spot reclaim notice) it takes no more
-jobs, lets running ones finish for ``drain_grace_s``, then puts the rest back at the head of the queue. A job whose
-dispatcher dies (SIGKILL, node loss) stops heartbeating, is swept by a live dispatcher and runs again, attempt + 1.
+decision (batching, continuous joining) stays TorchServe's. A canceled running job keeps its slot until TorchServe
+stops computing it: at once in continuous batching (closing the stream frees the request within a step), at the
+end of its batch in static batching (the stream is read to its end and discarded), so canceled work never lets a
+dispatcher hand TorchServe more than ``concurrency`` jobs. TorchServe's inference key is renewed through its
+management API when it expires or is rejected (sdxl_client.torchserve_keys), and every TorchServe error body
+becomes a clean job error (type and message, never a traceback or a server path).
+
+On SIGTERM (a spot reclaim notice) it takes no more jobs, lets running ones finish for ``drain_grace_s``, then
+puts the rest back at the head of the queue. A job whose dispatcher dies (SIGKILL, node loss) stops heartbeating,
+is swept by a live dispatcher and runs again, attempt + 1.
 
 Run: ``python -m jobs.dispatcher --config config/jobs.yaml``.
 """
@@ -17,6 +24,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import signal
 import time
 from pathlib import Path
@@ -25,6 +33,8 @@ from typing import Any
 import httpx
 import yaml
 from saq import Worker
+
+from sdxl_client.torchserve_keys import KeyRenewalFailed, TorchServeKeys, key_rejected
 
 from . import webhooks
 from .services import Services
@@ -36,7 +46,12 @@ CONTENT_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "we
 
 
 class Retryable(Exception):
-    """TorchServe could not run the job now; SAQ puts it back at the head of the queue for another try."""
+    """TorchServe could not run the job now; SAQ puts it back at the head of the queue for another try. ``error``
+    is the clean job error the job fails with when no attempt is left."""
+
+    def __init__(self, error: dict[str, Any]):
+        super().__init__(error["message"])
+        self.error = error
 
 
 class QuietWorker(Worker):
@@ -56,9 +71,13 @@ class QuietWorker(Worker):
         await super().stop()
 
 
+def served_model(settings: JobSettings) -> dict[str, Any]:
+    return yaml.safe_load(Path(settings.model_yaml).read_text()) or {}
+
+
 def default_concurrency(settings: JobSettings) -> int:
     """batchSize x maxWorkers of the served model's yaml: enough jobs in flight to fill every batch."""
-    model = yaml.safe_load(Path(settings.model_yaml).read_text()) or {}
+    model = served_model(settings)
     return int(model.get("batchSize", 1)) * int(model.get("maxWorkers", model.get("minWorkers", 1)))
 
 
@@ -67,16 +86,9 @@ class Dispatcher:
         self.services = services
         self.settings = services.settings
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=self.settings.job_timeout_s))
-
-    def torchserve_headers(self) -> dict[str, str]:
-        """TorchServe's inference token, read each time: a restarted TorchServe writes a new one."""
-        headers = {"Content-Type": "application/json"}
-        path = Path(self.settings.torchserve_key_file)
-        if path.exists():
-            key = json.loads(path.read_text()).get("inference", {}).get("key")
-            if key:
-                headers["Authorization"] = f"Bearer {key}"
-        return headers
+        self.keys = TorchServeKeys(self.settings.torchserve_key_file, self.settings.torchserve_management_url)
+        # Static batching computes a canceled request to the end of its batch whatever the client does.
+        self.continuous = bool(served_model(self.settings).get("continuousBatching", False))
 
     async def generate(self, ctx: dict[str, Any]) -> None:
         """SAQ's job function: one job, start to finish.
@@ -102,40 +114,86 @@ class Dispatcher:
             # 3. + 4.
             outcome = await self._run(job_id, json.loads(body))
         except (httpx.TransportError, httpx.RemoteProtocolError) as exc:
-            outcome = Retryable(f"TorchServe unreachable: {exc!r}")
+            outcome = Retryable(
+                {
+                    "code": 503,
+                    "type": "TorchServeUnreachable",
+                    "message": f"TorchServe unreachable: {type(exc).__name__}",
+                }
+            )
+        except Exception as exc:  # our own bug: the job fails cleanly, the details go to our log only
+            log.exception("job %s: dispatcher error", job_id)
+            outcome = None
+            message = f"the dispatcher failed on this job ({type(exc).__name__}); its log has the details"
+            await state.transition(job_id, "failed", error={"code": 500, "type": "DispatcherError", "message": message})
         finally:
             heartbeat.cancel()
         if isinstance(outcome, Retryable):
+            if not job.retryable:  # the last attempt: fail with TorchServe's own error, not SAQ's traceback
+                await state.transition(job_id, "failed", error=outcome.error)
+                return
             await asyncio.sleep(min(2.0**job.attempts, 10.0))  # backoff before the next try
             raise outcome
         await state.observe("run", time.time() - started)
 
     async def _run(self, job_id: str, request: dict[str, Any]) -> Retryable | None:
+        """Stream one job through TorchServe (a rejected key is renewed and the request sent once more)."""
         state, settings = self.services.state, self.settings
         url = f"{settings.torchserve_url}/predictions/{settings.model_name}"
-        payload = json.dumps({**request, "stream": True})
-        async with self.client.stream("POST", url, content=payload, headers=self.torchserve_headers()) as response:
-            if response.status_code != 200:
-                text = (await response.aread()).decode(errors="replace")
-                if response.status_code in RETRYABLE_STATUS:
-                    return Retryable(f"TorchServe answered {response.status_code}: {text[:300]}")
-                await state.transition(job_id, "failed", error=_error_of(response.status_code, text))
-                return None
-            async for line in response.aiter_lines():
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind = event.get("event")
-                if kind in ("progress", "preview"):
-                    await state.progress(job_id, event)
-                elif kind == "result":
-                    await self._completed(job_id, event)
-                    return None
-                elif kind == "error":
-                    error = {k: event.get(k) for k in ("code", "type", "message", "field")}
+        payload = json.dumps({**request, "stream": True}, ensure_ascii=False).encode()
+        for try_number in (1, 2):
+            key = await asyncio.to_thread(self.keys.key)
+            headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+            async with self.client.stream("POST", url, content=payload, headers=headers) as response:
+                if response.status_code != 200:
+                    text = (await response.aread()).decode(errors="replace")
+                    if try_number == 1 and key and key_rejected(response.status_code, text):
+                        try:
+                            await asyncio.to_thread(self.keys.renew, "inference", key)
+                            continue
+                        except KeyRenewalFailed as exc:
+                            log.warning("job %s: %s", job_id, exc)
+                    error = torchserve_error(response.status_code, text)
+                    if response.status_code in RETRYABLE_STATUS:
+                        return Retryable(error)
                     await state.transition(job_id, "failed", error=error)
                     return None
-        return Retryable("TorchServe ended the stream without a result")
+                discard = asyncio.Event()
+                relay = asyncio.create_task(self._relay(job_id, response, discard))
+                try:
+                    return await asyncio.shield(relay)
+                except asyncio.CancelledError:  # canceled (SAQ's abort) or shutting down
+                    if self.continuous:
+                        relay.cancel()  # the stream closes: TorchServe drops the request within a step
+                    else:
+                        discard.set()  # static batching computes it to the end of its batch anyway: hold
+                        with contextlib.suppress(Exception):  # the slot until then, so no other job is
+                            await relay  # sent to TorchServe while it does
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _relay(self, job_id: str, response: httpx.Response, discard: asyncio.Event) -> Retryable | None:
+        """Relay the NDJSON events into the job's log until the result or an error; once ``discard`` is set
+        (the job was canceled) read on to the end of the stream and write nothing."""
+        state = self.services.state
+        async for line in response.aiter_lines():
+            if not line.strip() or discard.is_set():
+                continue
+            event = json.loads(line)
+            kind = event.get("event")
+            if kind in ("progress", "preview"):
+                await state.progress(job_id, event)
+            elif kind == "result":
+                await self._completed(job_id, event)
+                return None
+            elif kind == "error":
+                await state.transition(job_id, "failed", error=torchserve_error(event.get("code", 500), line))
+                return None
+        if discard.is_set():
+            return None
+        return Retryable(
+            {"code": 502, "type": "TorchServeError", "message": "TorchServe ended the stream without a result"}
+        )
 
     async def _completed(self, job_id: str, result: dict[str, Any]) -> None:
         content_type = result.get("content_type", "image/png")
@@ -174,11 +232,36 @@ class Dispatcher:
         await self.services.store.sweep(self.settings.result_ttl_s)
 
 
-def _error_of(status: int, text: str) -> dict[str, Any]:
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
-        error = json.loads(text)["error"]
-        return {k: error.get(k) for k in ("code", "type", "message", "field")}
-    return {"code": status, "type": "TorchServeError", "message": text[:500]}
+def torchserve_error(status: int, text: str) -> dict[str, Any]:
+    """Any TorchServe answer as a clean job error ``{"code", "type", "message"[, "field"]}``.
+
+    Three shapes reach a dispatcher: our handler's ``{"error": {...}}`` (also its stream ``error`` events, which
+    are flat), TorchServe's frontend ``{"code", "type", "message"}`` (InvalidKeyException, ModelNotFoundException,
+    ServiceUnavailableException, 413 ...), and anything else (plain text, HTML). Messages lose any traceback and
+    any server path."""
+    payload: Any = None
+    with contextlib.suppress(ValueError):
+        payload = json.loads(text)
+    error = payload.get("error", payload) if isinstance(payload, dict) else None
+    if not isinstance(error, dict) or not ("message" in error or "type" in error):
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return {"code": status, "type": "TorchServeError", "message": _clean(first) or f"TorchServe answered {status}"}
+    code = error.get("code", status)
+    document = {
+        "code": code if isinstance(code, int) and 400 <= code <= 599 else status,
+        "type": str(error.get("type") or "TorchServeError")[:80],
+        "message": _clean(str(error.get("message", ""))) or f"TorchServe answered {status}",
+    }
+    if isinstance(error.get("field"), str):
+        document["field"] = error["field"]
+    return document
+
+
+def _clean(message: str) -> str:
+    """No traceback and no file path in a client-visible message; at most 500 characters."""
+    message = message.split("Traceback (most recent call last)")[0]
+    message = re.sub(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-]+){2,}[\\/]?", "<path>", message)
+    return message.strip()[:500]
 
 
 async def serve(settings: JobSettings, concurrency: int | None = None) -> None:

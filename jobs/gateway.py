@@ -40,14 +40,13 @@ from handler.settings import HandlerSettings
 from . import metrics, webhooks
 from .services import Services
 from .settings import JobSettings, load_api_keys
-from .state import TERMINAL
+from .state import RECENT_JOBS, TERMINAL, SubmitRefused
 from .views import job_view, shown_status
 
 PAGE = Path(__file__).with_name("page.html")
 JOB_FIELDS = ("webhook", "metadata")  # the job API's own fields, beside the /predictions schema
 TRANSPORT_FIELDS = ("stream", "response_format")  # /predictions' transport choices: the job API makes them
 MAX_METADATA_BYTES = 4096
-RECENT_JOBS = 50
 
 
 class ApiError(Exception):
@@ -139,9 +138,10 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
 
         1. Key, size and content type.
         2. Strict JSON; the job API's fields apart; the rest checked by the handler's own schema.
-        3. Idempotency-Key: the same key and body give the same job, another body a 409.
-        4. Caps per key and overall (429 + Retry-After).
-        5. Record, body and event log first, then the SAQ job (a dispatcher always finds the record).
+        3.-5. In ONE atomic step (state.create): the Idempotency-Key (the same key and body give the same job,
+           another body a 409), the caps per key and overall (429 + Retry-After), and the record, body and
+           event log with the claim. Then the SAQ job (a dispatcher always finds the record); if it cannot be
+           queued the submit is withdrawn whole, claim included.
         6. ``Prefer: wait=N``: answer with the finished job if it finishes within N s.
         """
         # 1.
@@ -184,58 +184,58 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
         body = json.dumps(payload, separators=(",", ":")).encode()
         fingerprint = hashlib.sha256(body + json.dumps(job_fields, sort_keys=True).encode()).hexdigest()
         state, queue = services().state, services().queue
-        # 3.
+        # 3. + 4. + 5.
         job_id = "job_" + secrets.token_urlsafe(18)
+        idempotency = None
         idempotency_key = request.headers.get("idempotency-key")
-        idem = None
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
                 raise ApiError(400, "`Idempotency-Key` must be 1-255 printable characters", kind="InvalidRequest")
-            idem = f"sdxl:idem:{owner}:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
-            claimed = await services().redis.set(
-                idem, f"{job_id} {fingerprint}", nx=True, ex=settings.idempotency_ttl_s
-            )
-            if not claimed:
-                existing_id, existing_print = await _claimed(services(), idem)
-                if existing_print != fingerprint:
-                    raise ApiError(409, "this Idempotency-Key was used with another request body", kind="Conflict")
-                record = await _wait_record(state, existing_id)
-                answer = await view(record, base_url(request)) if record else {"job_id": existing_id}
-                return JSONResponse(
-                    answer, status_code=200, headers={"Idempotent-Replayed": "true", "Location": f"/jobs/{existing_id}"}
-                )
-        # 4.
+            idempotency = (state.idempotency_key(owner, idempotency_key), fingerprint)
+        fields = {
+            "total_steps": parsed.denoising_steps,
+            "prompt": parsed.prompt[:200],
+            **{name: value for name, value in job_fields.items()},
+        }
         try:
-            queued, _running = await queue.depth()
-            if queued >= settings.max_queued:
-                raise ApiError(
-                    429, f"the queue is full ({queued} jobs waiting)", kind="QueueFull", headers={"Retry-After": "30"}
-                )
-            if await state.open_count(owner) >= settings.max_open_per_key:
+            claimed = await state.create(
+                job_id,
+                owner,
+                body,
+                fields,
+                max_pending=settings.max_queued,
+                max_open=settings.max_open_per_key,
+                idempotency=idempotency,
+                idempotency_ttl_s=settings.idempotency_ttl_s,
+            )
+        except SubmitRefused as refused:
+            if refused.reason == "queue_full":
                 raise ApiError(
                     429,
-                    f"this key has {settings.max_open_per_key} unfinished jobs, the most allowed",
-                    kind="TooManyJobs",
-                    headers={"Retry-After": "10"},
-                )
-        except ApiError:
-            if idem:
-                await services().redis.delete(idem)
+                    f"the queue is full ({refused.pending} jobs waiting)",
+                    kind="QueueFull",
+                    headers={"Retry-After": "30"},
+                ) from None
+            raise ApiError(
+                429,
+                f"this key has {settings.max_open_per_key} unfinished jobs, the most allowed",
+                kind="TooManyJobs",
+                headers={"Retry-After": "10"},
+            ) from None
+        if claimed is not None:
+            existing_id, _, existing_print = claimed.partition(" ")
+            if existing_print != fingerprint:
+                raise ApiError(409, "this Idempotency-Key was used with another request body", kind="Conflict")
+            record = await state.record(existing_id)
+            answer = await view(record, base_url(request)) if record else {"job_id": existing_id}
+            return JSONResponse(
+                answer, status_code=200, headers={"Idempotent-Replayed": "true", "Location": f"/jobs/{existing_id}"}
+            )
+        try:
+            await queue.enqueue(services().generation_job(job_id))
+        except BaseException:
+            await state.withdraw(job_id, owner, idempotency)  # nothing of a failed submit stays, its claim neither
             raise
-        # 5.
-        await state.create(
-            job_id,
-            owner,
-            body,
-            {
-                "total_steps": parsed.denoising_steps,
-                "prompt": parsed.prompt[:200],
-                **{name: value for name, value in job_fields.items()},
-            },
-        )
-        await services().redis.zadd(f"sdxl:recent:{owner}", {job_id: time.time()})
-        await services().redis.zremrangebyrank(f"sdxl:recent:{owner}", 0, -RECENT_JOBS - 1)
-        await queue.enqueue(services().generation_job(job_id))
         # 6.
         headers = {"Location": f"/jobs/{job_id}"}
         if wait_s:
@@ -345,7 +345,8 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
     @app.get("/jobs")
     async def recent_jobs(request: Request) -> JSONResponse:
         owner = owner_of(request.headers.get("authorization"))
-        ids = [i.decode() for i in await services().redis.zrevrange(f"sdxl:recent:{owner}", 0, RECENT_JOBS - 1)]
+        state = services().state
+        ids = [i.decode() for i in await services().redis.zrevrange(state.recent_key(owner), 0, RECENT_JOBS - 1)]
         jobs = []
         for job_id in ids:
             record = await services().state.record(job_id)
@@ -449,10 +450,12 @@ def _check_metadata(value: Any) -> None:
         raise InvalidRequest(
             f"`metadata` must be a JSON object but is {type(value).__name__}", field="metadata", value=value
         )
-    size = len(json.dumps(value))
+    size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         raise InvalidRequest(
-            f"`metadata` must be at most {MAX_METADATA_BYTES} bytes of JSON but is {size}", field="metadata", value=size
+            f"`metadata` must be at most {MAX_METADATA_BYTES} bytes of UTF-8 JSON but is {size}",
+            field="metadata",
+            value=size,
         )
 
 
@@ -463,23 +466,6 @@ def _plausible_id(job_id: str) -> bool:
 def _plausible_event_id(value: str) -> bool:
     left, _, right = value.partition("-")
     return left.isdigit() and right.isdigit() and len(value) <= 40
-
-
-async def _claimed(services: Services, idem: str) -> tuple[str, str]:
-    value = await services.redis.get(idem)
-    job_id, _, fingerprint = (value or b"").decode().partition(" ")
-    return job_id, fingerprint
-
-
-async def _wait_record(state, job_id: str, timeout_s: float = 2.0) -> dict[str, str] | None:
-    """A concurrent duplicate may look before the first submit wrote the record: wait a moment for it."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        record = await state.record(job_id)
-        if record is not None:
-            return record
-        await asyncio.sleep(0.02)
-    return None
 
 
 async def _wait_terminal(state, job_id: str, wait_s: float) -> dict[str, str]:

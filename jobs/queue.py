@@ -112,9 +112,12 @@ class JobQueue(RedisQueue):
             await self.state.transition(job.key, "failed", error={"code": 503, "message": message})
         elif status == Status.ABORTED:
             await self.state.transition(job.key, "canceled")
-        elif status == Status.FAILED:
+        elif status == Status.FAILED:  # SAQ's error is a traceback: the client sees its exception type only
+            lines = [line for line in (error or "").splitlines() if line.strip()]
+            kind = lines[-1].split(":", 1)[0].strip()[:80] if lines else "error"
+            message = f"the dispatcher failed on this job ({kind}); its log has the details"
             await self.state.transition(
-                job.key, "failed", error={"code": 500, "message": f"dispatcher error: {(error or '')[-300:]}"}
+                job.key, "failed", error={"code": 500, "type": "DispatcherError", "message": message}
             )
 
 

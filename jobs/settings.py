@@ -53,6 +53,8 @@ class JobSettings:
         torchserve_url (`str`, defaults to ``http://127.0.0.1:8080``): the dispatcher's TorchServe.
         model_name (`str`, defaults to ``stable-diffusion-xl``).
         torchserve_key_file (`str`, defaults to ``key_file.json``): TorchServe's token file (inference key).
+        torchserve_management_url (`str`, defaults to ``http://127.0.0.1:8081``): the dispatcher's TorchServe's
+            management API (loopback: the same pod), where an expired inference key is renewed with the API key.
         concurrency (`int`, defaults to 0): jobs a dispatcher runs at once; 0 = batchSize x maxWorkers of
             ``model_yaml``, so TorchServe's batches still fill.
         attempts (`int`, defaults to 3): deliveries of a job to a dispatcher (worker deaths included).
@@ -93,6 +95,7 @@ class JobSettings:
     torchserve_url: str = "http://127.0.0.1:8080"
     model_name: str = "stable-diffusion-xl"
     torchserve_key_file: str = "key_file.json"
+    torchserve_management_url: str = "http://127.0.0.1:8081"
     concurrency: int = 0
     attempts: int = 3
     heartbeat_s: int = 10

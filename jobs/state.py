@@ -8,6 +8,7 @@ canceled) never changes again, whoever writes late (a swept dispatcher, a cancel
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -26,6 +27,7 @@ if not status then return -1 end
 if status == 'completed' or status == 'failed' or status == 'canceled' then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 7))
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', 'status', 'data', ARGV[1])
+if ARGV[2] == 'pending' then redis.call('SADD', KEYS[6], KEYS[1]) else redis.call('SREM', KEYS[6], KEYS[1]) end
 if ARGV[3] == '1' then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
   redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
@@ -35,6 +37,51 @@ if ARGV[3] == '1' then
 end
 return 1
 """
+
+
+# A submit, all or nothing: the Idempotency-Key replay, both caps, and the new job's record, body, event log, open
+# and pending membership, recent list and claim. Caps are checked and taken in the same step, so a burst cannot
+# pass them; the claim exists only if the job does.
+_SUBMIT = """
+if ARGV[1] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {'replay', existing} end
+end
+local pending = redis.call('SCARD', KEYS[7])
+if pending >= tonumber(ARGV[5]) then return {'queue_full', tostring(pending)} end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'key_full', ''} end
+redis.call('HSET', KEYS[3], unpack(ARGV, 12))
+redis.call('SET', KEYS[4], ARGV[6])
+redis.call('SADD', KEYS[2], KEYS[3])
+redis.call('SADD', KEYS[7], KEYS[3])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
+redis.call('HINCRBY', KEYS[6], 'submitted', 1)
+redis.call('ZADD', KEYS[8], ARGV[9], ARGV[11])
+redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -tonumber(ARGV[10]) - 1)
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3])) end
+return {'created', ''}
+"""
+
+# Undo a submit whose SAQ job could not be queued: nothing of it stays, its claim included (if still its own).
+_WITHDRAW = """
+redis.call('SREM', KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[7], KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+redis.call('HINCRBY', KEYS[6], 'submitted', -1)
+redis.call('ZREM', KEYS[8], ARGV[2])
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+RECENT_JOBS = 50  # per key, for GET /jobs
+
+
+class SubmitRefused(Exception):
+    """A cap refused the submit: ``reason`` is "queue_full" (with ``pending``) or "key_full"."""
+
+    def __init__(self, reason: str, pending: int = 0):
+        super().__init__(reason)
+        self.reason, self.pending = reason, pending
 
 
 class JobState:
@@ -51,6 +98,8 @@ class JobState:
         self.result_ttl_s = result_ttl_s
         self.expired_record_ttl_s = expired_record_ttl_s
         self._transition = redis.register_script(_TRANSITION)
+        self._submit = redis.register_script(_SUBMIT)
+        self._withdraw = redis.register_script(_WITHDRAW)
         self.on_finished = None  # async (job_id, status) -> None, after a job's one terminal transition
 
     # -- keys -----------------------------------------------------------------------------------------
@@ -71,23 +120,91 @@ class JobState:
     def open_key(owner: str) -> str:
         return f"sdxl:open:{owner}"
 
+    @staticmethod
+    def recent_key(owner: str) -> str:
+        return f"sdxl:recent:{owner}"
+
+    @staticmethod
+    def idempotency_key(owner: str, client_key: str) -> str:
+        return f"sdxl:idem:{owner}:{hashlib.sha256(client_key.encode()).hexdigest()}"
+
     STATS = "sdxl:stats"
+    PENDING = "sdxl:pending"  # records of pending jobs, all keys: the overall cap
     DONE = "sdxl:done"  # zset of completion times: the throughput behind estimated_time
 
     # -- writes ---------------------------------------------------------------------------------------
 
-    async def create(self, job_id: str, owner: str, body: bytes, fields: dict[str, Any]) -> None:
-        """Record a new pending job (before SAQ enqueues it, so a dispatcher always finds its record)."""
+    def _submit_keys(self, job_id: str, owner: str, idempotency: str | None) -> list[str]:
+        return [
+            idempotency or "sdxl:idem:none",
+            self.open_key(owner),
+            self.record_key(job_id),
+            self.body_key(job_id),
+            self.events_key(job_id),
+            self.STATS,
+            self.PENDING,
+            self.recent_key(owner),
+        ]
+
+    async def create(
+        self,
+        job_id: str,
+        owner: str,
+        body: bytes,
+        fields: dict[str, Any],
+        *,
+        max_pending: int,
+        max_open: int,
+        idempotency: tuple[str, str] | None = None,
+        idempotency_ttl_s: int = 86400,
+    ) -> str | None:
+        """Record a new pending job (before SAQ enqueues it, so a dispatcher always finds its record), in one
+        atomic step with the caps and the Idempotency-Key claim.
+
+        Args:
+            idempotency (`tuple[str, str]`, defaults to None): (the claim's Redis key, the request's fingerprint).
+
+        Returns:
+            None when the job was created; else the claim ``"<job id> <fingerprint>"`` already held.
+
+        Raises:
+            SubmitRefused: a cap is reached (nothing was written).
+        """
         record = {"id": job_id, "owner": owner, "status": "pending", "created_at": repr(time.time()), "attempt": "0"}
         record.update({name: _text(value) for name, value in fields.items()})
-        event = json.dumps({"status": "pending", "attempt": 0})
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.record_key(job_id), mapping=record)
-            pipe.set(self.body_key(job_id), body)
-            pipe.sadd(self.open_key(owner), self.record_key(job_id))
-            pipe.xadd(self.events_key(job_id), {"event": "status", "data": event}, maxlen=EVENTS_MAXLEN)
-            pipe.hincrby(self.STATS, "submitted", 1)
-            await pipe.execute()
+        pairs = [item for pair in record.items() for item in pair]
+        claim_key, fingerprint = idempotency or (None, "")
+        verdict, detail = await self._submit(
+            keys=self._submit_keys(job_id, owner, claim_key),
+            args=[
+                "1" if claim_key else "0",
+                f"{job_id} {fingerprint}",
+                idempotency_ttl_s,
+                max_open,
+                max_pending,
+                body,
+                json.dumps({"status": "pending", "attempt": 0}),
+                EVENTS_MAXLEN,
+                time.time(),
+                RECENT_JOBS,
+                job_id,
+                *pairs,
+            ],
+        )
+        verdict, detail = verdict.decode(), detail.decode()
+        if verdict == "replay":
+            return detail
+        if verdict != "created":
+            raise SubmitRefused(verdict, int(detail or 0))
+        return None
+
+    async def withdraw(self, job_id: str, owner: str, idempotency: tuple[str, str] | None = None) -> None:
+        """Undo :meth:`create` for a job whose SAQ job could not be queued."""
+        claim_key, fingerprint = idempotency or (None, "")
+        await self._withdraw(
+            keys=self._submit_keys(job_id, owner, claim_key),
+            args=[f"{job_id} {fingerprint}" if claim_key else "", job_id],
+        )
 
     async def transition(self, job_id: str, status: str, **fields: Any) -> bool:
         """Move a job to ``status`` (with ``fields`` on its record and a ``status`` event); False when the job
@@ -108,6 +225,7 @@ class JobState:
                 self.open_key(owner.decode()),
                 self.STATS,
                 self.body_key(job_id),
+                self.PENDING,
             ],
             args=[
                 event,
@@ -173,9 +291,6 @@ class JobState:
             for entry_id, values in entries:
                 out.append((entry_id.decode(), values[b"event"].decode(), json.loads(values[b"data"])))
         return out
-
-    async def open_count(self, owner: str) -> int:
-        return await self.redis.scard(self.open_key(owner))
 
     async def throughput(self, window_s: float = 60.0) -> tuple[float | None, float | None]:
         """(jobs finished per second over the last ``window_s``, their mean run time), or Nones before any."""

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import requests
 
+from sdxl_client.torchserve_keys import TorchServeKeys, key_rejected
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = REPO_ROOT / "config.properties"
 MODEL_NAME = "stable-diffusion-xl"
@@ -105,6 +107,7 @@ class TorchServe:
         self.management_url = props.get("management_address", "http://127.0.0.1:8081")
         self.metrics_url = props.get("metrics_address", "http://127.0.0.1:8082")
         self.log_file = self.workdir / "logs" / "torchserve.out"
+        self.token_keys = TorchServeKeys(self.workdir / "key_file.json", self.management_url)
 
     @property
     def env(self) -> dict[str, str]:
@@ -167,13 +170,25 @@ class TorchServe:
         headers: dict[str, str] | None = None,
         stream: bool = False,
     ) -> requests.Response:
+        """POST /predictions with a valid inference key (renewed when TorchServe rejects it; ``headers`` may
+        bring a key of their own, which is sent as it is)."""
         url = f"{self.inference_url}/predictions/{model}"
-        all_headers = {"Content-Type": "application/json", **self.headers("inference"), **(headers or {})}
         data = json.dumps(body) if isinstance(body, dict) else body
-        return requests.post(url, data=data, headers=all_headers, timeout=timeout, stream=stream)
+
+        def send(auth: dict[str, str]) -> requests.Response:
+            all_headers = {"Content-Type": "application/json", **auth, **(headers or {})}
+            return requests.post(url, data=data, headers=all_headers, timeout=timeout, stream=stream)
+
+        if "Authorization" in (headers or {}):
+            return send({})
+        return self.token_keys.call(send, _rejected)
 
     def describe(self, model: str = MODEL_NAME) -> list[dict]:
-        response = requests.get(f"{self.management_url}/models/{model}", headers=self.headers("management"), timeout=10)
+        response = self.token_keys.call(
+            lambda auth: requests.get(f"{self.management_url}/models/{model}", headers=auth, timeout=10),
+            _rejected,
+            "management",
+        )
         response.raise_for_status()
         return response.json()
 
@@ -198,3 +213,7 @@ class TorchServe:
             if path.exists():
                 texts.append(f"== {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(texts)
+
+
+def _rejected(response: requests.Response) -> bool:
+    return response.status_code == 400 and key_rejected(400, response.content)

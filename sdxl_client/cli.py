@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model", default="stable-diffusion-xl")
     generate.add_argument("--token", help="inference key (default: $SDXL_TOKEN or key_file.json)")
     generate.add_argument("--key-file", help="TorchServe's key_file.json (default ./key_file.json)")
+    generate.add_argument(
+        "--management-url", default="http://127.0.0.1:8081", help="where an expired key is renewed (loopback)"
+    )
 
     submit = sub.add_parser("submit", help="submit a job to the job API; prints its id")
     add_request_args(submit)
@@ -118,7 +121,9 @@ def base64_file(path: Path) -> str:
 
 
 def generate(args: argparse.Namespace) -> dict:
-    client = SDXLClient(args.url, args.model, token=args.token, key_file=args.key_file)
+    client = SDXLClient(
+        args.url, args.model, token=args.token, key_file=args.key_file, management_url=args.management_url
+    )
     body = request_body(args)
     if args.no_progress:
         return client.generate(body)

@@ -11,6 +11,8 @@ from typing import Any
 
 import requests
 
+from .torchserve_keys import TorchServeKeys, key_rejected
+
 RETRY_STATUSES = {503}  # TorchServe: no worker ready yet, or the queue is full
 
 
@@ -37,14 +39,19 @@ class APIError(Exception):
         return cls(status, text.strip()[:500] or "no message")
 
 
+def key_file_path(key_file: str | os.PathLike | None = None) -> Path:
+    """TorchServe's key file: ``key_file``, else $SDXL_KEY_FILE, else ./key_file.json."""
+    return Path(key_file or os.environ.get("SDXL_KEY_FILE") or "key_file.json")
+
+
 def read_token(token: str | None = None, key_file: str | os.PathLike | None = None) -> str | None:
     """The inference token: ``token``, else $SDXL_TOKEN, else the "inference" key of TorchServe's key file
-    (``key_file``, $SDXL_KEY_FILE, or ./key_file.json). None when there is none (token auth off)."""
+    (see :func:`key_file_path`). None when there is none (token auth off)."""
     if token:
         return token
     if os.environ.get("SDXL_TOKEN"):
         return os.environ["SDXL_TOKEN"]
-    path = Path(key_file or os.environ.get("SDXL_KEY_FILE") or "key_file.json")
+    path = key_file_path(key_file)
     if path.exists():
         return json.loads(path.read_text())["inference"]["key"]
     return None
@@ -56,8 +63,10 @@ class SDXLClient:
     Args:
         url (`str`, defaults to "http://127.0.0.1:8080"): TorchServe's inference address.
         model (`str`, defaults to "stable-diffusion-xl"): the model name.
-        token (`str`, defaults to None): inference key; None reads it as :func:`read_token` does.
-        key_file (`str`, defaults to None): TorchServe's key_file.json.
+        token (`str`, defaults to None): a fixed inference key (or $SDXL_TOKEN); it cannot be renewed. None reads
+            TorchServe's key file (``key_file``) before every request and renews an expired or rejected key.
+        key_file (`str`, defaults to None): TorchServe's key_file.json (see :func:`key_file_path`).
+        management_url (`str`, defaults to "http://127.0.0.1:8081"): where that key file's keys are renewed.
         timeout (`float`, defaults to 600): seconds to wait for an answer (per streamed line when streaming).
         retries (`int`, defaults to 4): extra tries on 503 and refused connections.
         backoff (`float`, defaults to 0.5): first wait between tries in seconds; doubles each time.
@@ -69,12 +78,14 @@ class SDXLClient:
         model: str = "stable-diffusion-xl",
         token: str | None = None,
         key_file: str | None = None,
+        management_url: str = "http://127.0.0.1:8081",
         timeout: float = 600,
         retries: int = 4,
         backoff: float = 0.5,
     ):
         self.endpoint = f"{url.rstrip('/')}/predictions/{model}"
-        self.token = read_token(token, key_file)
+        self.token = token or os.environ.get("SDXL_TOKEN") or None
+        self.keys = None if self.token else TorchServeKeys(key_file_path(key_file), management_url)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -103,17 +114,24 @@ class SDXLClient:
                     raise APIError.from_payload(200, event, line.decode(errors="replace"))
                 yield event
 
+    def _send(self, data: str, accept: str, stream: bool) -> requests.Response:
+        """One POST with a valid key: a key TorchServe rejects (expired) is renewed and the POST sent once more."""
+
+        def send(auth: dict[str, str]) -> requests.Response:
+            headers = {"Content-Type": "application/json", "Accept": accept, **auth}
+            return self.session.post(self.endpoint, data=data, headers=headers, timeout=self.timeout, stream=stream)
+
+        if self.keys is None:
+            return send({"Authorization": f"Bearer {self.token}"})
+        # A 200 stream is not read here: only a 400's (small) body is looked at.
+        return self.keys.call(send, lambda r: r.status_code == 400 and key_rejected(400, r.content))
+
     def _post(self, body: dict[str, Any], accept: str, stream: bool = False) -> requests.Response:
-        headers = {"Content-Type": "application/json", "Accept": accept}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
         data = json.dumps(body)
         wait = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                response = self.session.post(
-                    self.endpoint, data=data, headers=headers, timeout=self.timeout, stream=stream
-                )
+                response = self._send(data, accept, stream)
             except requests.ConnectionError:
                 if attempt == self.retries:
                     raise

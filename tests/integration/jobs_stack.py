@@ -36,6 +36,7 @@ class JobStack:
             model_yaml=self.model_yaml,
             torchserve_url=self.torchserve.inference_url,
             torchserve_key_file=str(self.torchserve.workdir / "key_file.json"),
+            torchserve_management_url=self.torchserve.management_url,
             **self.settings,
         )
         self.gateway = JobProcess("gateway", self.config, self.folder, env=self.env).start()
