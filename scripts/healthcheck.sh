@@ -4,7 +4,7 @@
 # key is renewed through the management API on loopback (sdxl_client.torchserve_keys), so the probe holds for
 # as long as the server runs, not only the key's first hour.
 set -euo pipefail
-exec python3 -m sdxl_client.torchserve_keys ping \
+exec python3 -m sdxl_client.keytool ping \
   --url "http://127.0.0.1:${INFERENCE_PORT:-8080}" \
   --management-url "http://127.0.0.1:${MANAGEMENT_PORT:-8081}" \
   --key-file "${KEY_FILE:-$PWD/key_file.json}"

@@ -158,8 +158,8 @@ class TorchServe:
         return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
 
     def headers(self, api: str = "inference") -> dict[str, str]:
-        key = self.keys().get(api)
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        """The Authorization header with a key that is not about to expire (renewed first when it is)."""
+        return self.token_keys.headers(api)
 
     def predict(
         self,

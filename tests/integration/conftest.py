@@ -111,8 +111,9 @@ def server(tmp_path_factory, model_store):
     server.stop()
 
 
-def server_with_model_yaml(root, **changes) -> TorchServe:
-    """Its own TorchServe whose model yaml is config/tiny-sdxl.yaml with ``changes`` (top-level keys)."""
+def server_with_model_yaml(root, properties: dict | None = None, **changes) -> TorchServe:
+    """Its own TorchServe whose model yaml is config/tiny-sdxl.yaml with ``changes`` (top-level keys), and
+    config.properties with ``properties``."""
     import yaml
 
     model_yaml = {**yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text()), **changes}
@@ -120,7 +121,7 @@ def server_with_model_yaml(root, **changes) -> TorchServe:
     config.write_text(yaml.safe_dump(model_yaml))
     build_archive("tiny", config=config, export_path=root / "model_store", build_dir=root / "build")
     (root / "server").mkdir()
-    return start_server(root / "server", root / "model_store")
+    return start_server(root / "server", root / "model_store", **(properties or {}))
 
 
 @pytest.fixture(scope="session")

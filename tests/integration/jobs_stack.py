@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +31,15 @@ class JobStack:
         self.redis.start()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "jobs_keys.json").write_text(json.dumps(self.keys))
-        self.config = write_jobs_config(
-            self.folder,
-            redis_url=self.redis.url,
-            model_yaml=self.model_yaml,
-            torchserve_url=self.torchserve.inference_url,
-            torchserve_key_file=str(self.torchserve.workdir / "key_file.json"),
-            torchserve_management_url=self.torchserve.management_url,
+        settings = {
+            "redis_url": self.redis.url,
+            "model_yaml": self.model_yaml,
+            "torchserve_url": self.torchserve.inference_url,
+            "torchserve_key_file": str(self.torchserve.workdir / "key_file.json"),
+            "torchserve_management_url": self.torchserve.management_url,
             **self.settings,
-        )
+        }
+        self.config = write_jobs_config(self.folder, **settings)
         self.gateway = JobProcess("gateway", self.config, self.folder, env=self.env).start()
         for _ in range(dispatchers):
             self.add_dispatcher()
@@ -76,6 +77,9 @@ class JobStack:
         response = requests.get(f"{self.gateway.url}/jobs/{job_id}", headers=self.headers(key), timeout=10)
         response.raise_for_status()
         return response.json()
+
+    def cancel(self, job_id: str, key: str = "default") -> requests.Response:
+        return requests.delete(f"{self.gateway.url}/jobs/{job_id}", headers=self.headers(key), timeout=30)
 
     def wait(
         self,
@@ -143,3 +147,9 @@ def parse_sse(lines) -> list[dict]:
     if current:
         events.append(current)
     return events
+
+
+def torchserve_requests(server) -> float:
+    """Requests the handler has answered (all outcomes), from TorchServe's /metrics."""
+    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+    return sum(float(m) for m in re.findall(r"^sdxl_requests_total\{[^}]*\} (\S+)$", text, re.M))

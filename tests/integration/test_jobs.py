@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.images import max_pixel_difference
-from tests.integration.jobs_stack import JobStack
+from tests.integration.jobs_stack import JobStack, torchserve_requests
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +42,6 @@ def test_a_job_streams_its_progress_and_its_image_equals_the_synchronous_one(sta
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
     direct = server.predict(body).json()
     assert image.content == base64.b64decode(direct["images"][0])
-
-
-def torchserve_requests(server) -> float:
-    """Requests the handler has answered (all outcomes), from TorchServe's /metrics."""
-    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-    return sum(float(m) for m in re.findall(r"^sdxl_requests_total\{[^}]*\} (\S+)$", text, re.M))
 
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,7 @@ def test_derived_configs_differ_from_the_shipped_one_only_where_they_must(path):
 
 
 def test_kubernetes_manifests_validate_against_the_schemas():
-    core = ["deployment.yaml", "service.yaml", "hpa.yaml", "prometheus-adapter-rules.yaml"]
+    core = ["deployment.yaml", "service.yaml", "networkpolicy.yaml", "hpa.yaml", "prometheus-adapter-rules.yaml"]
     result = subprocess.run(
         [tool("kubernetes-validate"), "--strict", *core], cwd=KUBERNETES, capture_output=True, text=True
     )
@@ -101,6 +101,28 @@ def test_deployment_has_what_a_gpu_pod_needs():
     assert "drain.py" in " ".join(container["lifecycle"]["preStop"]["exec"]["command"])
     model_yaml = yaml.safe_load((REPO_ROOT / "config" / "sdxl-base.yaml").read_text())
     assert pod["terminationGracePeriodSeconds"] > 15 + model_yaml["responseTimeout"]
+
+
+def test_torchserve_is_internal_and_its_probes_renew_the_pods_own_keys():
+    """Clients reach TorchServe only through the gateway (no inference port on the Service, only metrics past the
+    NetworkPolicy); the probes and the drain read the key file where TorchServe writes it in each pod and renew
+    it (scripts/healthcheck.sh is what tests/integration/test_key_expiry.py runs past key expiry)."""
+    service = yaml.safe_load((KUBERNETES / "service.yaml").read_text())
+    assert [port["port"] for port in service["spec"]["ports"]] == [8082]
+    policy = yaml.safe_load((KUBERNETES / "networkpolicy.yaml").read_text())
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [8082]
+    selected = policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    for path in (KUBERNETES / "deployment.yaml", KUBERNETES / "jobs" / "workers.yaml"):
+        pod = yaml.safe_load(path.read_text())["spec"]["template"]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/name"] in selected
+        container = next(c for c in pod["spec"]["containers"] if c["name"] == "torchserve")
+        key_file = {e["name"]: e["value"] for e in container["env"]}["KEY_FILE"]
+        assert key_file == container["workingDir"] + "/key_file.json", path
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["exec"]["command"] == ["bash", "/opt/sdxl-torchserve/scripts/healthcheck.sh"]
+        drain = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert drain[drain.index("--key-file") + 1] == key_file
 
 
 def test_keda_and_kserve_objects_are_complete():
