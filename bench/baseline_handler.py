@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handler.torchserve_handler import StableDiffusionXLHandler
+from handler.adapters.torchserve_handler import StableDiffusionXLHandler
 
 
 class OneAtATimeHandler(StableDiffusionXLHandler):

@@ -6,11 +6,11 @@ import time
 
 import torch
 
-from handler.denoise import Denoiser
-from handler.engine import Engine
-from handler.loading import LoadedPipeline
-from handler.schema import GenerationRequest
-from handler.side_work import SideWorker
+from handler.contract.schema import GenerationRequest
+from handler.model.denoise import Denoiser
+from handler.model.loading import LoadedPipeline
+from handler.runtime.engine import Engine
+from handler.runtime.side_work import SideWorker
 
 
 def direct_engine(pipeline, device: torch.device, max_images_per_call: int = 64) -> Engine:

@@ -30,7 +30,7 @@ def build_full_size_pipeline(device: str = "cuda", dtype: torch.dtype = torch.fl
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from handler.tiny_model import build_clip_tokenizer
+    from handler.model.tiny_model import build_clip_tokenizer
 
     torch.manual_seed(seed)
     with torch.device(device):

@@ -26,7 +26,7 @@ from bench.direct import bench_request, direct_engine
 from bench.full_sdxl import build_full_size_pipeline, tflop_per_image
 from bench.loadgen import closed_loop, summarize
 from bench.run import machine_info, served_sender
-from handler.schema import parse_request
+from handler.contract.schema import parse_request
 from scripts.build_archive import build_archive
 from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
 
@@ -36,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def make_pipeline(model: str, device: str, dtype: torch.dtype):
     if model == "full":
         return build_full_size_pipeline(device=device, dtype=dtype)
-    from handler.tiny_model import build_tiny_pipeline
+    from handler.model.tiny_model import build_tiny_pipeline
 
     return build_tiny_pipeline().to(device=device, dtype=dtype)
 

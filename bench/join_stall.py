@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from handler.core import Core
-from handler.loading import load_pipeline
-from handler.settings import HandlerSettings
-from handler.tiny_model import save_tiny_pipeline
+from handler.contract.settings import HandlerSettings
+from handler.model.loading import load_pipeline
+from handler.model.tiny_model import save_tiny_pipeline
+from handler.runtime.core import Core
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

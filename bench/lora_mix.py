@@ -82,10 +82,9 @@ def served(args: argparse.Namespace, work: Path, model_dir: Path, catalogue: dic
 
 def memory(args: argparse.Namespace, work: Path, model_dir: Path) -> dict:
     """RSS over a long run whose LoRAs keep being evicted and loaded again (6 LoRAs, 2 kept)."""
-    from handler.core import Core
-    from handler.loading import load_pipeline
-    from handler.lora_catalogue import CatalogueLora
-    from handler.settings import HandlerSettings
+    from handler.contract.settings import CatalogueLora, HandlerSettings
+    from handler.model.loading import load_pipeline
+    from handler.runtime.core import Core
 
     paths = {f"m{i}": make_lora(work / f"m{i}", 100 + i, args.rank) for i in range(6)}
     config = model_yaml(REPO_ROOT / "config" / "tiny-sdxl.yaml", 4, 50, args.size, args.size, args.steps)
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-every", type=int, default=20)
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-loras"))
     args = parser.parse_args(argv)
-    from handler.tiny_model import save_tiny_pipeline
+    from handler.model.tiny_model import save_tiny_pipeline
 
     out, work = Path(args.out), Path(tempfile.mkdtemp(prefix="sdxl-lora-mix-"))
     out.mkdir(parents=True, exist_ok=True)

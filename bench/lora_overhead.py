@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from handler.lora_catalogue import CatalogueLora, LoraCatalogue
-from handler.lora_routing import Route
-from handler.tiny_model import build_tiny_pipeline
+from handler.contract.settings import CatalogueLora
+from handler.model.lora_catalogue import LoraCatalogue
+from handler.model.lora_routing import Route
+from handler.model.tiny_model import build_tiny_pipeline
 
 
 def make_lora(folder: Path, seed: int, rank: int) -> str:

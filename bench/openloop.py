@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # 1. The model folder (tiny: built offline from code; or a diffusers folder) and the two models.
     if args.model == "tiny":
-        from handler.tiny_model import save_tiny_pipeline
+        from handler.model.tiny_model import save_tiny_pipeline
 
         model_dir = save_tiny_pipeline(work / "tiny-sdxl")
     elif args.model == "full":  # SDXL base 1.0's architecture, random weights (bench/full_sdxl.py), for a GPU

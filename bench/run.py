@@ -36,8 +36,8 @@ import yaml
 
 from bench.direct import bench_request, run_direct
 from bench.loadgen import Sample, closed_loop, summarize
-from handler.loading import load_pipeline
-from handler.settings import HandlerSettings
+from handler.contract.settings import HandlerSettings
+from handler.model.loading import load_pipeline
 from scripts.build_archive import build_archive
 from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
 
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # 1. The model folder (tiny: built offline from code; or a diffusers folder).
     if args.model == "tiny":
-        from handler.tiny_model import save_tiny_pipeline
+        from handler.model.tiny_model import save_tiny_pipeline
 
         model_dir = save_tiny_pipeline(work / "tiny-sdxl")
     else:

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     body_for = lambda i: bench_request(i, args.size, args.size, args.steps)  # noqa: E731
 
     if args.model is None:
-        from handler.tiny_model import save_tiny_pipeline
+        from handler.model.tiny_model import save_tiny_pipeline
 
         args.model = str(save_tiny_pipeline(work / "tiny-sdxl"))
     build_archive(args.model, config=config_path, export_path=work / "model_store", build_dir=work / "build")

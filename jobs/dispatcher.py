@@ -163,8 +163,10 @@ class Dispatcher:
                 try:
                     return await asyncio.shield(relay)
                 except asyncio.CancelledError:  # canceled (SAQ's abort) or shutting down
-                    if self.continuous:
-                        relay.cancel()  # the stream closes: TorchServe drops the request within a step
+                    if self.continuous:  # close the stream: TorchServe drops the request within a step
+                        relay.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await relay  # stopped reading before the stream is closed under it
                     else:
                         discard.set()  # static batching computes it to the end of its batch anyway: hold
                         with contextlib.suppress(Exception):  # the slot until then, so no other job is

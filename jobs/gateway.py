@@ -32,10 +32,11 @@ from fastapi.responses import (
 )
 from saq import Status
 
-from handler.decode import parse_json_text
-from handler.errors import InvalidRequest, error_document
-from handler.schema import parse_request
-from handler.settings import HandlerSettings
+from handler.contract.decode import parse_json_text
+from handler.contract.errors import InvalidRequest, error_document
+from handler.contract.prompts import PromptTokenizers
+from handler.contract.schema import parse_request
+from handler.contract.settings import HandlerSettings
 
 from . import metrics, webhooks
 from .services import Services
@@ -65,6 +66,7 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
     settings = settings or JobSettings.load()
     model_yaml = yaml.safe_load(Path(settings.model_yaml).read_text())
     handler_settings = HandlerSettings.from_yaml(model_yaml)
+    tokenizers = PromptTokenizers.load(settings.tokenizer_path) if settings.tokenizer_path else None
     keys = load_api_keys(settings)
 
     @contextlib.asynccontextmanager
@@ -176,7 +178,9 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
                     value=payload[name],
                 )
         # Checked as the dispatcher will send it: streamed (so `preview_every` is allowed).
-        parsed = parse_request({**payload, "stream": True}, handler_settings.limits, handler_settings.defaults)
+        parsed = parse_request(
+            {**payload, "stream": True}, handler_settings.limits, handler_settings.defaults, tokenizers
+        )
         if "webhook" in job_fields:
             webhooks.check_webhook(job_fields["webhook"], settings)
         if "metadata" in job_fields:

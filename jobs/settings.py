@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from handler.errors import ConfigError
+from handler.contract.errors import ConfigError
 
 RESULT_STORES = ("filesystem", "s3")
 
@@ -24,8 +24,12 @@ class JobSettings:
         redis_url (`str`, defaults to ``redis://127.0.0.1:6379/0``): the queue and all job state.
         queue_name (`str`, defaults to ``sdxl``): SAQ queue name; its Redis lists are ``saq:<name>:queued`` and
             ``saq:<name>:active`` (the KEDA triggers read both).
-        model_yaml (`str`, defaults to ``config/tiny-sdxl.yaml``): the served model's yaml; the gateway checks
-            submitted bodies against its limits and defaults, exactly as the handler will.
+        model_yaml (`str`, defaults to ``config/tiny-sdxl.yaml``): the served model's yaml (the one in its
+            archive); the gateway checks submitted bodies against its limits and defaults, exactly as the handler
+            will, and the dispatcher reads its batching mode (``continuousBatching``) to know what a cancel saves.
+        tokenizer_path (`str`, defaults to none): the served model's diffusers folder (or one holding its
+            ``tokenizer/`` and ``tokenizer_2/``): prompts are counted in tokens at submit, as TorchServe will; unset,
+            a prompt too long for the text encoders is accepted here and fails as a job.
         api_keys_file (`str`, defaults to ``jobs_keys.json``): ``{"name": "key", ...}``; created with one random
             key when missing (as TorchServe's key_file.json). A job belongs to the key name that made it.
         auth (`bool`, defaults to true): false turns keys off (local work only; every job is then one owner's).
@@ -69,6 +73,7 @@ class JobSettings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     queue_name: str = "sdxl"
     model_yaml: str = "config/tiny-sdxl.yaml"
+    tokenizer_path: str | None = None
     api_keys_file: str = "jobs_keys.json"
     auth: bool = True
     result_store: str = "filesystem"

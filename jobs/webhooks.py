@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from handler.errors import InvalidRequest
+from handler.contract.errors import InvalidRequest
 
 from .settings import JobSettings
 

@@ -33,7 +33,7 @@ HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
 def resolve_weights(model: str, build_dir: Path) -> Path:
     """``tiny`` -> build it; an existing folder -> itself; anything else -> a hub id to download."""
     if model == "tiny":
-        from handler.tiny_model import save_tiny_pipeline
+        from handler.model.tiny_model import save_tiny_pipeline
 
         folder = build_dir / "tiny-sdxl"
         if not (folder / "model_index.json").exists():
@@ -78,7 +78,7 @@ def build_archive(
         model_name (`str`, defaults to "stable-diffusion-xl"): the name in /predictions/<name>.
         version (`str`, defaults to "1.0"): the model version.
         build_dir (`Path`, defaults to build/): scratch space for the tiny model and staging.
-        handler_file (`Path`, defaults to handler/torchserve_handler.py): the TorchServe entry module (the
+        handler_file (`Path`, defaults to handler/adapters/torchserve_handler.py): the TorchServe entry module (the
             benchmark swaps in its baseline here).
         weights_by_path (`bool`, defaults to False): leave the weights out of the archive and point the yaml's
             ``handler.model_path`` at them (for weights on a mounted volume; nothing is copied).
@@ -109,7 +109,7 @@ def build_archive(
         archiver,
         "--model-name", model_name,
         "--version", version,
-        "--handler", str(handler_file or stage / "handler" / "torchserve_handler.py"),
+        "--handler", str(handler_file or stage / "handler" / "adapters" / "torchserve_handler.py"),
         "--extra-files", extra_files,
         "--config-file", str(config),
         "--export-path", str(export_path),

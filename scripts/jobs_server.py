@@ -38,6 +38,7 @@ def start() -> dict:
         DATA,
         redis_url=redis.url,
         model_yaml=str(REPO_ROOT / "config" / "tiny-sdxl.yaml"),
+        tokenizer_path=str(REPO_ROOT / "build" / "tiny-sdxl"),  # the quickstart's tiny model (build_archive.py)
         api_keys_file=str(REPO_ROOT / "jobs_keys.json"),
         torchserve_key_file=str(REPO_ROOT / "key_file.json"),
     )

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from handler.triton_io import OUTPUTS
+from handler.adapters.triton_io import OUTPUTS
 from scripts.triton_control import TritonServer
 from scripts.triton_repository import MODEL_NAME, REPO_ROOT, write_repository
 
@@ -56,7 +56,7 @@ def infer(url: str, prompt: str, steps: int | None = None, **parameters: Any) ->
 def start(work: Path, config: Path, model: str | None, gpu: bool = False) -> TritonServer:
     """A Triton serving ``model`` (None: the tiny model, built here) with ``config``'s settings, ready."""
     if model is None:
-        from handler.tiny_model import save_tiny_pipeline
+        from handler.model.tiny_model import save_tiny_pipeline
 
         model = str(save_tiny_pipeline(work / "tiny-sdxl"))
     write_repository(config, work / "repository", model_path=model)

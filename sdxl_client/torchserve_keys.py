@@ -96,10 +96,18 @@ class TorchServeKeys:
             return None
         entry = entries.get(api, {})
         expires = _expiry(entry.get("expiration time"))
-        if expires is not None and expires - time.time() < self.renew_within_s:
+        if expires is not None and expires - time.time() < self._margin(expires):
             with contextlib.suppress(KeyRenewalFailed):  # still usable, or the retry after a rejection tells
                 return self.renew(api, rejected=entry.get("key"))
         return entry.get("key")
+
+    def _margin(self, expires: float) -> float:
+        """How long before expiry a key is renewed: ``renew_within_s``, or a quarter of the key's lifetime when
+        that is shorter (the file was written when the key was made), so short-lived keys are not renewed at
+        every use."""
+        with contextlib.suppress(OSError):
+            return min(self.renew_within_s, max(expires - self.key_file.stat().st_mtime, 0.0) / 4)
+        return self.renew_within_s
 
     def headers(self, api: str = "inference") -> dict[str, str]:
         key = self.key(api)
@@ -108,8 +116,9 @@ class TorchServeKeys:
     # -- renewing ---------------------------------------------------------------------------------------
 
     def renew(self, api: str = "inference", rejected: str | None = None) -> str | None:
-        """A fresh key for ``api``. Under the file's lock: if the file no longer holds ``rejected`` another
-        process renewed it already, and its key is returned; otherwise TorchServe makes a new one.
+        """A fresh key for ``api``. Under the file's lock: if the file no longer holds ``rejected`` (the key the
+        caller was refused with, or found about to expire) another process renewed it already, and its key is
+        returned; otherwise TorchServe makes a new one.
 
         Raises:
             KeyRenewalFailed: the management API is unreachable or refuses the API key.
@@ -124,10 +133,8 @@ class TorchServeKeys:
             fcntl.flock(handle, fcntl.LOCK_EX)
             entries = self.entries() or {}
             current = entries.get(api, {}).get("key")
-            expires = _expiry(entries.get(api, {}).get("expiration time"))
-            fresh = expires is None or expires - time.time() >= self.renew_within_s
-            if current is not None and current != rejected and fresh:
-                return current
+            if current is not None and current != rejected:
+                return current  # renewed (or restarted) since the caller read it
             api_key = entries.get("API", {}).get("key")
             request = urllib.request.Request(
                 f"{self.management_url}/token?type={api}", headers={"Authorization": f"Bearer {api_key}"}

@@ -130,7 +130,7 @@ def options_server(tmp_path_factory):
     (one server for tests/integration/test_loras.py and test_refiner.py)."""
     import yaml
 
-    from handler.tiny_model import save_tiny_pipeline
+    from handler.model.tiny_model import save_tiny_pipeline
     from tests.unit.test_lora_catalogue import make_lora
 
     root = tmp_path_factory.mktemp("options")

@@ -22,11 +22,14 @@ class JobStack:
     redis: RedisServer | None = None
     gateway: JobProcess | None = None
     dispatchers: list[JobProcess] = field(default_factory=list)
-    model_yaml: str = str(REPO_ROOT / "config" / "tiny-sdxl.yaml")
+    model_yaml: str | None = None  # None: the server's own (server_with_model_yaml's model.yaml), else tiny-sdxl.yaml
     keys: dict = field(default_factory=lambda: {"default": "key-default-0123456789", "other": "key-other-0123456789"})
     env: dict = field(default_factory=dict)
 
     def start(self, dispatchers: int = 1) -> JobStack:
+        if self.model_yaml is None:  # the dispatcher reads the batching mode from it, the gateway the limits
+            own = Path(self.torchserve.model_store).parent / "model.yaml"
+            self.model_yaml = str(own if own.exists() else REPO_ROOT / "config" / "tiny-sdxl.yaml")
         self.redis = RedisServer(self.folder / "redis")
         self.redis.start()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -37,6 +40,8 @@ class JobStack:
             "torchserve_url": self.torchserve.inference_url,
             "torchserve_key_file": str(self.torchserve.workdir / "key_file.json"),
             "torchserve_management_url": self.torchserve.management_url,
+            # the tiny model's folder, built beside the archive (tests/integration/conftest.py)
+            "tokenizer_path": str(Path(self.torchserve.model_store).parent / "build" / "tiny-sdxl"),
             **self.settings,
         }
         self.config = write_jobs_config(self.folder, **settings)

@@ -18,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from handler.core import Core
+from handler.runtime.core import Core
 from tests.integration.conftest import soak
 
 

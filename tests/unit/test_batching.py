@@ -1,5 +1,5 @@
-from handler.batching import GroupKey, group_requests
-from handler.schema import Defaults, Limits, parse_request
+from handler.contract.schema import Defaults, Limits, parse_request
+from handler.runtime.batching import GroupKey, group_requests
 
 LIMITS = Limits(min_size=32)
 DEFAULTS = Defaults(width=64, height=64, num_inference_steps=4)

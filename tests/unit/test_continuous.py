@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from handler.core import Core
-from handler.replies import DEFERRED_STATUS_HEADER
+from handler.runtime.core import Core
+from handler.wire.replies import DEFERRED_STATUS_HEADER
 
 
 def row(**body):

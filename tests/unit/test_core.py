@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from handler.core import Core
+from handler.runtime.core import Core
 
 
 def row(**body):
@@ -181,7 +181,7 @@ def test_a_reply_over_max_response_bytes_becomes_a_507_for_that_row_only(tiny_lo
 
 
 def test_warmup_runs_every_configured_shape(tiny_loaded, tiny_settings):
-    from handler.settings import WarmupShape
+    from handler.contract.settings import WarmupShape
 
     shapes = (WarmupShape(64, 64, 1, 1), WarmupShape(96, 32, 2, 2))
     warm = Core(tiny_loaded, tiny_settings.with_changes(warmup=shapes))
@@ -189,7 +189,7 @@ def test_warmup_runs_every_configured_shape(tiny_loaded, tiny_settings):
 
 
 def test_build_core_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
-    from handler.core import build_core
+    from handler.runtime.core import build_core
 
     warmup = [{"width": 64, "height": 64, "num_inference_steps": 1}]  # the default 1024 px takes minutes
     core = build_core(str(tmp_path), {"handler": {"model_path": str(tiny_model_dir), "warmup": warmup}})

@@ -1,7 +1,7 @@
 import pytest
 
-from handler.decode import decode_row
-from handler.errors import InvalidRequest
+from handler.contract.decode import decode_row
+from handler.contract.errors import InvalidRequest
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from handler.metrics import METRICS
+from handler.runtime.metrics import METRICS
 from scripts.torchserve_control import read_properties
 from scripts.torchserve_control import tool as console_script
 from tests.conftest import REPO_ROOT

@@ -6,13 +6,13 @@ import diffusers
 import pytest
 import torch
 
-from handler.schema import parse_request
+from handler.contract.schema import parse_request
 from tests.unit.test_generation import make_engine, max_diff, pipeline_image
 
 
 @pytest.fixture(scope="module")
 def distilled():
-    from handler.tiny_model import build_tiny_pipeline
+    from handler.model.tiny_model import build_tiny_pipeline
 
     pipeline = build_tiny_pipeline(time_cond_proj_dim=32)
     pipeline.scheduler = diffusers.LCMScheduler.from_config(pipeline.scheduler.config)

@@ -6,8 +6,8 @@ import re
 import pytest
 import yaml
 
-from handler.schema import markdown_table
-from handler.settings import HandlerSettings
+from handler.contract.schema import markdown_table
+from handler.contract.settings import HandlerSettings
 from tests.conftest import REPO_ROOT
 
 
@@ -47,7 +47,7 @@ def _curl_bodies(text: str) -> list[str]:
 
 
 def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
-    from handler.schema import FIELDS
+    from handler.contract.schema import FIELDS
     from jobs.gateway import JOB_FIELDS  # POST /generate's own fields beside the schema
 
     errors = _readme_section("### Errors")
@@ -60,9 +60,9 @@ def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
 
 
 def test_the_readme_error_examples_are_the_errors_the_server_gives():
-    from handler.decode import decode_row
-    from handler.replies import error_reply
-    from handler.schema import parse_request
+    from handler.contract.decode import decode_row
+    from handler.contract.schema import parse_request
+    from handler.wire.replies import error_reply
 
     settings = HandlerSettings.from_yaml(yaml.safe_load((REPO_ROOT / "config" / "sdxl-base.yaml").read_text()))
     shown = re.findall(r"-d '([^']*)'\n(\d{3}) (\{.*\})\n", _readme_section("### Errors"))
@@ -75,8 +75,8 @@ def test_the_readme_error_examples_are_the_errors_the_server_gives():
 
 
 def test_the_readme_response_sample_shows_every_parameter_stage_and_accounting_key():
-    from handler.schema import FIELDS
-    from handler.stages import Stage
+    from handler.contract.schema import FIELDS
+    from handler.runtime.stages import Stage
 
     sample = json.loads(_readme_section("### Response (200)").split("```json", 1)[1].split("```", 1)[0])
     assert list(sample["parameters"]) == list(FIELDS)

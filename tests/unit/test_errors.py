@@ -3,8 +3,8 @@ import json
 import pytest
 import torch
 
-from handler.errors import InvalidRequest, OutOfMemory, ResponseTooLarge
-from handler.replies import error_reply
+from handler.contract.errors import InvalidRequest, OutOfMemory, ResponseTooLarge
+from handler.wire.replies import error_reply
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from handler.denoise import Denoiser
-from handler.engine import Engine
-from handler.errors import TimeBudgetExceeded
-from handler.schema import parse_request
-from handler.side_work import SideWorker
+from handler.contract.errors import TimeBudgetExceeded
+from handler.contract.schema import parse_request
+from handler.model.denoise import Denoiser
+from handler.runtime.engine import Engine
+from handler.runtime.side_work import SideWorker
 
 
 @pytest.fixture
@@ -136,8 +136,8 @@ def _nan_decodes(monkeypatch, vae, when):
 
 
 def test_a_non_finite_decode_is_retried_with_the_vae_in_float32(tiny_model_dir, make, monkeypatch):
-    from handler.loading import load_pipeline
-    from handler.settings import HandlerSettings
+    from handler.contract.settings import HandlerSettings
+    from handler.model.loading import load_pipeline
 
     loaded = load_pipeline(str(tiny_model_dir), HandlerSettings(dtype="bfloat16"))
     engine = make_engine(loaded)
@@ -178,7 +178,7 @@ def test_with_a_sampler_that_draws_noise_while_stepping_image_i_still_equals_see
 def test_a_scheduler_gets_eta_and_generators_only_where_its_step_takes_them():
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-    from handler.denoise import scheduler_step_kwargs
+    from handler.model.denoise import scheduler_step_kwargs
 
     generators = [torch.Generator().manual_seed(0)]
     assert scheduler_step_kwargs(DDIMScheduler(), generators, eta=0.5) == {"generator": generators, "eta": 0.5}

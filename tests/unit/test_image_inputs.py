@@ -12,11 +12,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
 
-from handler.core import Core
-from handler.errors import InvalidRequest
-from handler.loading import load_pipeline
-from handler.schema import parse_request
-from handler.tiny_model import save_tiny_pipeline
+from handler.contract.errors import InvalidRequest
+from handler.contract.schema import parse_request
+from handler.model.loading import load_pipeline
+from handler.model.tiny_model import save_tiny_pipeline
+from handler.runtime.core import Core
 from tests.images import b64, encoded, half_mask, malformed_image_bodies, picture
 from tests.unit.test_continuous import Frontend, pixels
 from tests.unit.test_generation import make_engine, max_diff

@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from handler.errors import ConfigError, InvalidRequest
+from handler.contract.errors import ConfigError, InvalidRequest
 from jobs import webhooks
 from jobs.gateway import _prefer_wait
 from jobs.results import FilesystemStore

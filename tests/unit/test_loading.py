@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from handler.errors import ConfigError
-from handler.loading import choose_attention, load_pipeline, resolve_device, resolve_dtype
-from handler.settings import HandlerSettings
+from handler.contract.errors import ConfigError
+from handler.contract.settings import HandlerSettings
+from handler.model.loading import choose_attention, load_pipeline, resolve_device, resolve_dtype
 
 CPU = torch.device("cpu")
 

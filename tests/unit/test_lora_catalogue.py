@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from handler.core import Core
-from handler.loading import load_pipeline
-from handler.lora_catalogue import CatalogueLora
+from handler.contract.settings import CatalogueLora
+from handler.model.loading import load_pipeline
+from handler.runtime.core import Core
 from tests.unit.test_core import decode_images
 from tests.unit.test_generation import max_diff
 
@@ -23,7 +23,7 @@ def make_lora(folder, seed: int, text_encoder: bool = False, targets=ATTENTION, 
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from handler.tiny_model import build_tiny_pipeline
+    from handler.model.tiny_model import build_tiny_pipeline
 
     pipeline = build_tiny_pipeline()
     torch.manual_seed(seed)
@@ -120,7 +120,7 @@ def test_eviction_and_reload_give_identical_images(tiny_model_dir, tiny_settings
 
 
 def test_loads_hits_evictions_and_load_time_become_metrics(tiny_model_dir, tiny_settings, loras):
-    from handler.metrics import LORA_EVICTIONS, LORA_HITS, LORA_LOAD_TIME, LORA_LOADS, LORAS_LOADED
+    from handler.runtime.metrics import LORA_EVICTIONS, LORA_HITS, LORA_LOAD_TIME, LORA_LOADS, LORAS_LOADED
 
     small = catalogue_core(tiny_model_dir, tiny_settings, loras, max_loaded=1)
     seen = []

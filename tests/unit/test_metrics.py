@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from handler.metrics import BATCH, IMAGES, LATENCY, METRICS, REJECTED, REQUESTS, STAGE, call_metrics
+from handler.runtime.metrics import BATCH, IMAGES, LATENCY, METRICS, REJECTED, REQUESTS, STAGE, call_metrics
 from scripts.torchserve_control import SHIPPED_CONFIG, read_properties
 from tests.conftest import REPO_ROOT
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 import yaml
 
-from handler.core import Core
-from handler.loading import load_pipeline
-from handler.settings import HandlerSettings
+from handler.contract.settings import HandlerSettings
+from handler.model.loading import load_pipeline
+from handler.runtime.core import Core
 from tests.conftest import REPO_ROOT
 
 
@@ -44,7 +44,7 @@ def test_the_turbo_preset_serves_one_trailing_step_and_refuses_what_turbo_cannot
 
 def test_the_lightning_preset_defaults_to_4_trailing_euler_steps_and_refuses_30():
     settings = preset("sdxl-lightning.yaml")
-    from handler.schema import parse_request
+    from handler.contract.schema import parse_request
 
     request = parse_request({"prompt": "x"}, settings.limits, settings.defaults)
     assert (request.num_inference_steps, request.sampler, request.schedule) == (4, "euler", "trailing")
@@ -55,7 +55,7 @@ def test_the_lightning_preset_defaults_to_4_trailing_euler_steps_and_refuses_30(
 def test_a_unet_safetensors_file_replaces_the_models_unet(tiny_model_dir, tiny_settings, tmp_path):
     from safetensors.torch import save_file
 
-    from handler.tiny_model import build_tiny_pipeline
+    from handler.model.tiny_model import build_tiny_pipeline
 
     other = build_tiny_pipeline(seed=1).unet  # another "distillation" of the same architecture
     save_file(other.state_dict(), tmp_path / "unet.safetensors")
@@ -67,7 +67,7 @@ def test_a_unet_safetensors_file_replaces_the_models_unet(tiny_model_dir, tiny_s
 
 
 def test_a_distilled_unet_folder_loads_and_serves(tiny_model_dir, tiny_settings, tmp_path):
-    from handler.tiny_model import build_tiny_pipeline
+    from handler.model.tiny_model import build_tiny_pipeline
 
     build_tiny_pipeline(time_cond_proj_dim=32).unet.save_pretrained(tmp_path / "lcm-unet")
     settings = tiny_settings.with_changes(unet_path=str(tmp_path / "lcm-unet"))
@@ -83,7 +83,7 @@ def make_tiny_lora(folder):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from handler.tiny_model import build_tiny_pipeline
+    from handler.model.tiny_model import build_tiny_pipeline
 
     unet = build_tiny_pipeline().unet
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def make_tiny_lora(folder):
 
 
 def test_a_lora_fused_at_load_gives_the_image_of_the_pipeline_with_that_lora(tiny_model_dir, tiny_settings, tmp_path):
-    from handler.settings import FusedLora
+    from handler.contract.settings import FusedLora
 
     lora = make_tiny_lora(tmp_path / "lora")
     settings = tiny_settings.with_changes(loras=(FusedLora(str(lora), scale=0.8),))

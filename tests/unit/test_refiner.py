@@ -9,10 +9,10 @@ import diffusers
 import pytest
 import torch
 
-from handler.core import Core
-from handler.loading import load_pipeline
-from handler.samplers import SAMPLERS
-from handler.tiny_model import save_tiny_pipeline
+from handler.contract.samplers import SAMPLERS
+from handler.model.loading import load_pipeline
+from handler.model.tiny_model import save_tiny_pipeline
+from handler.runtime.core import Core
 from tests.images import b64, half_mask, picture
 from tests.unit.test_core import decode_images
 from tests.unit.test_generation import max_diff

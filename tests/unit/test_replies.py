@@ -1,12 +1,12 @@
-"""The one rule for a request's last reply, whichever mode sent its first bytes (handler/replies.py)."""
+"""The one rule for a request's last reply, whichever mode sent its first bytes (handler/wire/replies.py)."""
 
 import json
 
 import pytest
 
-from handler.errors import TimeBudgetExceeded
-from handler.replies import DEFERRED_NOTE, NDJSON, chunk_reply, error_reply, final_reply, success_reply
-from handler.schema import parse_request
+from handler.contract.errors import TimeBudgetExceeded
+from handler.contract.schema import parse_request
+from handler.wire.replies import DEFERRED_NOTE, NDJSON, chunk_reply, error_reply, final_reply, success_reply
 
 
 def request(**fields):

@@ -1,13 +1,16 @@
-"""Samplers and schedules per request (handler/samplers.py): the pipeline's images, shared forwards, clear 400s."""
+"""Samplers and schedules per request (handler/contract/samplers.py): the pipeline's images, shared forwards,
+clear 400s."""
 
+import inspect
 import json
 
 import diffusers
 import pytest
 
-from handler.core import Core
-from handler.samplers import SAMPLER_NAMES, SAMPLERS, SCHEDULES, build_scheduler, schedules_of
-from handler.schema import parse_request
+from handler.contract.samplers import SAMPLER_NAMES, SAMPLERS, SCHEDULERS, SCHEDULES
+from handler.contract.schema import parse_request
+from handler.model.scheduling import build_scheduler
+from handler.runtime.core import Core
 from tests.unit.test_generation import make_engine, max_diff, pipeline_image
 
 
@@ -109,7 +112,7 @@ def test_bad_sampling_values_are_400s_naming_field_and_value_beside_good_request
 
 
 def test_limits_samplers_narrows_the_choice(tiny_loaded, tiny_settings):
-    from handler.settings import HandlerSettings
+    from handler.contract.settings import HandlerSettings
 
     yaml_config = {"handler": {"limits": {"samplers": ["euler", "lcm"]}}}
     narrowed = Core(tiny_loaded, tiny_settings.with_changes(limits=HandlerSettings.from_yaml(yaml_config).limits))
@@ -117,12 +120,17 @@ def test_limits_samplers_narrows_the_choice(tiny_loaded, tiny_settings):
     assert reply.status == 400 and "must be one of euler, lcm" in reply.json()["error"]["message"]
 
 
-def test_the_registry_names_real_schedulers_and_their_schedules():
-    for name, spec in SAMPLERS.items():
-        cls = getattr(diffusers, spec.scheduler)
-        assert "default" in schedules_of(cls) and "trailing" in schedules_of(cls), name
-    assert "karras" not in schedules_of(diffusers.DDIMScheduler)
-    assert {"karras", "exponential"} <= set(schedules_of(diffusers.DPMSolverMultistepScheduler))
+def test_the_contracts_scheduler_traits_are_diffusers_own():
+    """handler.contract.samplers.SCHEDULERS (torch-free, so every front door can check a request) says what
+    each diffusers class's signatures say: the schedules whose options its constructor takes, and eta."""
+    for name, traits in SCHEDULERS.items():
+        cls = getattr(diffusers, name)
+        parameters = inspect.signature(cls.__init__).parameters
+        schedules = tuple(s for s, options in SCHEDULES.items() if all(key in parameters for key in options))
+        assert traits.schedules == schedules, name
+        assert traits.eta == ("eta" in inspect.signature(cls.step).parameters), name
+    assert {spec.scheduler for spec in SAMPLERS.values()} <= set(SCHEDULERS)
+    assert "karras" not in SCHEDULERS["DDIMScheduler"].schedules
 
 
 def test_no_request_changes_the_pipelines_scheduler(core, tiny_loaded):

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from handler.decode import negotiate
-from handler.errors import InvalidRequest
-from handler.schema import (
+from handler.contract.decode import negotiate
+from handler.contract.errors import InvalidRequest
+from handler.contract.schema import (
     FIELDS,
     MAX_SEED,
     Defaults,

@@ -7,9 +7,9 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handler.decode import decode_row
-from handler.errors import InvalidRequest
-from handler.schema import FIELDS, MAX_SEED, OUTPUT_FORMATS, Limits, parse_request
+from handler.contract.decode import decode_row
+from handler.contract.errors import InvalidRequest
+from handler.contract.schema import FIELDS, MAX_SEED, OUTPUT_FORMATS, Limits, parse_request
 
 LIMITS = Limits()
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)

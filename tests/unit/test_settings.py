@@ -5,9 +5,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from handler.encode import encode_image
-from handler.errors import ConfigError
-from handler.settings import HandlerSettings, WarmupShape
+from handler.contract.errors import ConfigError
+from handler.contract.settings import HandlerSettings, WarmupShape
+from handler.wire.encode import encode_image
 from scripts.torchserve_control import SHIPPED_CONFIG, read_properties
 from tests.conftest import REPO_ROOT
 

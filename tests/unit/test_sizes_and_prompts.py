@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from handler.core import Core
-from handler.schema import Defaults, Limits, parse_request
-from handler.settings import HandlerSettings
-from handler.sizes import SDXL_BUCKETS
+from handler.contract.schema import Defaults, Limits, parse_request
+from handler.contract.settings import HandlerSettings
+from handler.contract.sizes import SDXL_BUCKETS
+from handler.runtime.core import Core
 from tests.unit.test_generation import make_engine, max_diff, pipeline_image
 
 
@@ -80,7 +80,7 @@ def test_allowed_sizes_refuse_the_others_and_are_all_warmed_up(tiny_loaded):
 
 
 def test_a_default_size_outside_allowed_sizes_fails_at_startup():
-    from handler.errors import ConfigError
+    from handler.contract.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not one of this server's sizes"):
         HandlerSettings.from_yaml({"handler": {"limits": {"allowed_sizes": [[768, 768]]}}})

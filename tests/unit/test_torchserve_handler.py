@@ -9,7 +9,7 @@ import pytest
 
 ts_context = pytest.importorskip("ts.context")
 
-from handler.torchserve_handler import StableDiffusionXLHandler  # noqa: E402
+from handler.adapters.torchserve_handler import StableDiffusionXLHandler  # noqa: E402
 from tests.conftest import tiny_yaml  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""The Triton adapter's tensor mapping (handler.triton_io), without Triton: rows in, outputs or errors out."""
+"""The Triton adapter's tensor mapping (handler.adapters.triton_io), without Triton: rows in, outputs or errors out."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from handler.errors import InvalidRequest
-from handler.triton_io import OUTPUTS, TritonFailure, request_row, serve
+from handler.adapters.triton_io import OUTPUTS, TritonFailure, request_row, serve
+from handler.contract.errors import InvalidRequest
 
 
 def strings(*values: str) -> np.ndarray:

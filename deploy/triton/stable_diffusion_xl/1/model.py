@@ -1,8 +1,8 @@
 """Triton Python-backend model: wires initialize / execute / finalize to the same core TorchServe serves.
 
 The model yaml next to this folder (``../model.yaml``, written by scripts/triton_repository.py) gives the
-defaults, bounds and the weights (``handler.model_path``). Tensors move through :mod:`handler.triton_io`;
-everything else is :mod:`handler.core`. Imports ``triton_python_backend_utils``, so it runs only inside Triton.
+defaults, bounds and the weights (``handler.model_path``). Tensors move through :mod:`handler.adapters.triton_io`;
+everything else is :mod:`handler.runtime.core`. Imports ``triton_python_backend_utils``, so it runs only inside Triton.
 """
 
 from pathlib import Path
@@ -10,8 +10,8 @@ from pathlib import Path
 import triton_python_backend_utils as pb_utils
 import yaml
 
-from handler import triton_io
-from handler.core import build_core
+from handler.adapters import triton_io
+from handler.runtime.core import build_core
 
 INPUTS = ("prompt", "steps", "parameters")
 

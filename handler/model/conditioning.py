@@ -1,7 +1,7 @@
 """A request's text and size conditioning, exactly as ``StableDiffusionXLPipeline`` builds it, for one request.
 
-The text encoders see this request alone. A text longer than its encoder takes is refused (the pipeline
-would cut it, with only a log line). SDXL's micro-conditioning (original size, crop corner, target size, and
+The text encoders see this request alone; its texts were checked to fit them at parse
+(:mod:`handler.contract.prompts`). SDXL's micro-conditioning (original size, crop corner, target size, and
 the negative ones) follows the request's fields, with the pipeline's defaults.
 """
 
@@ -11,30 +11,7 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidRequest
-from .schema import GenerationRequest
-
-
-def check_prompt_lengths(pipeline: Any, request: GenerationRequest) -> None:
-    """Each text goes to the encoders the pipeline gives it: ``prompt`` to both unless ``prompt_2`` is set,
-    ``prompt_2`` to the second (the same for the negative ones)."""
-    first, second = pipeline.tokenizer, pipeline.tokenizer_2
-    texts = [
-        ("prompt", request.prompt, [first] + ([second] if request.prompt_2 is None else [])),
-        ("prompt_2", request.prompt_2, [second]),
-        ("negative_prompt", request.negative_prompt, [first] + ([second] if request.negative_prompt_2 is None else [])),
-        ("negative_prompt_2", request.negative_prompt_2, [second]),
-    ]  # fmt: skip
-    for name, text, tokenizers in texts:
-        for tokenizer in (t for t in tokenizers if text and t is not None):
-            tokens = len(tokenizer(text, verbose=False).input_ids)
-            if tokens > tokenizer.model_max_length:
-                raise InvalidRequest(
-                    f"`{name}` is {tokens} tokens but the text encoders take at most "
-                    f"{tokenizer.model_max_length} (with start and end); shorten it",
-                    field=name,
-                    value=text,
-                )
+from handler.contract.schema import GenerationRequest
 
 
 def time_ids(pipeline: Any, request: GenerationRequest, dtype: torch.dtype, negative: bool) -> torch.Tensor:
@@ -59,7 +36,6 @@ def encode_conditioning(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prompt embeddings, pooled embeddings and time ids, rows ``[negative..., positive...]`` with guidance.
     An empty negative prompt gives zero embeddings (the pipeline's rule)."""
-    check_prompt_lengths(pipeline, request)
     images = request.num_images_per_prompt
     embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(
         prompt=request.prompt,

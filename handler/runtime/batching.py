@@ -1,9 +1,9 @@
 """Group the requests of one TorchServe batch into pipeline calls.
 
 Requests share UNet forwards when their latents have the same shape (width and height). Everything else
-(prompts, seeds, step counts, guidance, routed LoRAs) is per request in :mod:`handler.denoise`, so any mix of
+(prompts, seeds, step counts, guidance, routed LoRAs) is per request in :mod:`handler.model.denoise`, so any mix of
 those can be grouped. What a ``partition`` adds must match too: the UNet of a request's current stage (base
-or refiner, :mod:`handler.refiner`), and a LoRA set that per-row routing cannot apply (DoRA, :mod:`handler.
+or refiner, :mod:`handler.model.refiner`), and a LoRA set that per-row routing cannot apply (DoRA, :mod:`handler.
 lora_catalogue`), which PEFT applies to a whole forward.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .schema import GenerationRequest
+from handler.contract.schema import GenerationRequest
 
 
 @dataclass(frozen=True)

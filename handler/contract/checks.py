@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .errors import InvalidRequest
+from handler.contract.errors import InvalidRequest
 
 
 def json_type(value: Any) -> str:

@@ -3,11 +3,11 @@
 Requests name catalogue entries (``loras: [{"name", "scale"}]``); they never pass paths or URLs (a request that
 could make the server fetch and load arbitrary weights is a server-side request forgery and a code-loading
 risk; see the README). Each adapter is loaded once with diffusers' ``load_lora_weights`` and kept disabled:
-:class:`~handler.lora_routing.LoraRouter` applies it to the rows that ask for it. An adapter with layers routing
-cannot cover (DoRA; a PEFT layer type other than Linear/Conv2d) is applied by PEFT itself to a whole forward
+:class:`~handler.model.lora_routing.LoraRouter` applies it to the rows that ask for it. An adapter with layers
+routing cannot cover (DoRA; a PEFT layer type other than Linear/Conv2d) is applied by PEFT itself to a whole forward
 (:meth:`LoraCatalogue.whole_forward`): requests using it share forwards only with requests of the same LoRA set
-(:func:`handler.batching.group_requests`). An adapter in use by a request in flight is pinned; the least recently
-used unpinned one is deleted when more than ``max_loaded`` are loaded.
+(:func:`handler.runtime.batching.group_requests`). An adapter in use by a request in flight is pinned; the least
+recently used unpinned one is deleted when more than ``max_loaded`` are loaded.
 """
 
 from __future__ import annotations
@@ -21,18 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lora_routing import LoraRouter, routable_layer_types
+from handler.contract.settings import CatalogueLora
+from handler.model.lora_routing import LoraRouter, routable_layer_types
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CatalogueLora:
-    """One ``handler.lora_catalogue`` entry."""
-
-    path: str  # a folder, hub id or .safetensors file
-    scale: float = 1.0  # a request's scale when it gives none
-    weight_name: str | None = None
 
 
 @dataclass

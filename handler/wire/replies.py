@@ -17,9 +17,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .encode import json_body
-from .errors import ResponseTooLarge, as_serving_error, error_document
-from .schema import IMAGE_CONTENT_TYPES, GenerationRequest
+from handler.contract.errors import ResponseTooLarge, as_serving_error, error_document
+from handler.contract.schema import IMAGE_CONTENT_TYPES, GenerationRequest
+from handler.wire.encode import json_body
 
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
@@ -64,7 +64,8 @@ def _compact(value: Any) -> str:
 
 
 def error_reply(exc: BaseException) -> Reply:
-    """The ordinary response for a failed request (status and type from :func:`handler.errors.as_serving_error`)."""
+    """The ordinary response for a failed request (status and type from
+    :func:`handler.contract.errors.as_serving_error`)."""
     error = as_serving_error(exc)
     document = error_document(error)
     return Reply(

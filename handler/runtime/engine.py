@@ -11,7 +11,7 @@ A request in the engine is a :class:`Flight`. :meth:`Engine.advance` runs shared
     4. finish   finished requests are VAE-decoded (together; alone if that fails) and encoded on the side worker
 
 Static batching advances the whole TorchServe batch until it is empty, in one handler call; continuous
-batching advances every request in flight by ``steps_per_call`` steps per call (:mod:`handler.core`).
+batching advances every request in flight by ``steps_per_call`` steps per call (:mod:`handler.runtime.core`).
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from .batching import Group, GroupKey, group_requests
-from .denoise import Denoiser, RequestState
-from .encode import step_events
-from .errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
-from .schema import GenerationRequest
-from .side_work import SideWorker
-from .stages import Stage
+from handler.contract.errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
+from handler.contract.schema import GenerationRequest
+from handler.model.denoise import Denoiser, RequestState
+from handler.runtime.batching import Group, GroupKey, group_requests
+from handler.runtime.side_work import SideWorker
+from handler.runtime.stages import Stage
+from handler.wire.encode import step_events
 
 log = logging.getLogger(__name__)
 

@@ -4,13 +4,13 @@
             once) and admit them to the engine (prompts encoded, noise drawn)
     run     static batching: advance the call's requests until every one is done, streaming progress as it
             goes; continuous batching: advance every request in flight by ``steps_per_call`` steps
-    render  per row: its last reply (images or error) if it is done, else a chunk (:mod:`handler.replies`)
+    render  per row: its last reply (images or error) if it is done, else a chunk (:mod:`handler.wire.replies`)
     metrics what the call adds to the handler's metrics, from the replies' own outcomes
 
 In TorchServe's ``continuousBatching`` mode the frontend re-sends every request in flight on each handler call
 (with an empty body: only its id and headers) and adds new ones up to ``batchSize``; the core keeps each
-request's :class:`~handler.engine.Flight` by request id until it leaves. In static mode every row is new and
-leaves in the call that brought it. The adapters (:mod:`handler.torchserve_handler`) know no more than
+request's :class:`~handler.runtime.engine.Flight` by request id until it leaves. In static mode every row is new and
+leaves in the call that brought it. The adapters (:mod:`handler.adapters.torchserve_handler`) know no more than
 :class:`ServingCore`.
 """
 
@@ -24,18 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from .decode import decode_row, negotiate
-from .denoise import Denoiser, image_seeds
-from .encode import encode_many
-from .engine import Engine, Flight
-from .loading import LoadedPipeline, load_pipeline
-from .lora_catalogue import LoraCatalogue
-from .metrics import Observation, call_metrics
-from .replies import Reply, chunk_reply, error_reply, final_reply, success_reply
-from .schema import MAX_SEED, Defaults, GenerationRequest, Limits, parse_request
-from .settings import HandlerSettings
-from .side_work import SideWorker
-from .stages import Stage
+from handler.contract.decode import decode_row, negotiate
+from handler.contract.prompts import PromptTokenizers
+from handler.contract.schema import MAX_SEED, Defaults, GenerationRequest, Limits, parse_request
+from handler.contract.settings import HandlerSettings
+from handler.model.denoise import Denoiser, image_seeds
+from handler.model.loading import LoadedPipeline, load_pipeline
+from handler.model.lora_catalogue import LoraCatalogue
+from handler.runtime.engine import Engine, Flight
+from handler.runtime.metrics import Observation, call_metrics
+from handler.runtime.side_work import SideWorker
+from handler.runtime.stages import Stage
+from handler.wire.encode import encode_many
+from handler.wire.replies import Reply, chunk_reply, error_reply, final_reply, success_reply
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Core:
         self.loaded = loaded
         self.settings = settings
         self.seed_source = seed_source
+        self.tokenizers = PromptTokenizers(loaded.pipeline.tokenizer, getattr(loaded.pipeline, "tokenizer_2", None))
         catalogue = None
         if settings.lora_catalogue:
             catalogue = LoraCatalogue(
@@ -156,7 +158,7 @@ class Core:
 
     def parse_row(self, row: Any, accept: str | None) -> GenerationRequest:
         """One row (with its ``Accept`` header) -> a valid request with its seed drawn; raises InvalidRequest."""
-        request = parse_request(negotiate(decode_row(row), accept), *self._bounds)
+        request = parse_request(negotiate(decode_row(row), accept), *self._bounds, self.tokenizers)
         return request if request.seed is not None else replace(request, seed=self.seed_source())
 
     def run(self, call: Call, emit: Emitter | None = None, sequential: bool = False) -> Call:
@@ -320,7 +322,7 @@ def warmup_img2img(request: GenerationRequest) -> GenerationRequest:
     """``request`` from a grey init image of its size, at strength 1 (every step runs)."""
     from PIL import Image
 
-    from .images import InputImage
+    from handler.contract.images import InputImage
 
     size = (request.width, request.height)
     image = InputImage(Image.new("RGB", size, (128, 128, 128)), "warmup", "PNG", 0, *size)

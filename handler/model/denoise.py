@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 
-from .conditioning import encode_conditioning
-from .errors import InvalidRequest, NonFiniteImage
-from .init_latents import Inpainting, LatentPreparer
-from .lora_routing import Route
-from .refiner import base_part, refiner_conditioning, refiner_part
-from .samplers import build_scheduler
-from .schema import GenerationRequest
-from .stages import Stage
+from handler.contract.errors import InvalidRequest, NonFiniteImage
+from handler.contract.schema import GenerationRequest
+from handler.model.conditioning import encode_conditioning
+from handler.model.init_latents import Inpainting, LatentPreparer
+from handler.model.lora_routing import Route
+from handler.model.refiner import base_part, refiner_conditioning, refiner_part
+from handler.model.scheduling import build_scheduler
+from handler.runtime.stages import Stage
 
 
 def image_seeds(request: GenerationRequest) -> list[int]:
@@ -35,7 +35,7 @@ def image_seeds(request: GenerationRequest) -> list[int]:
 
 @dataclass(eq=False)
 class LaterStage:
-    """The refiner's part of a request (:mod:`handler.refiner`): what its state switches to at the hand-over."""
+    """The refiner's part of a request (:mod:`handler.model.refiner`): what its state switches to at the hand-over."""
 
     guidance: bool
     embeds: torch.Tensor
@@ -205,7 +205,7 @@ class Denoiser:
 
     @torch.inference_mode()
     def prepare_latents(self, state: RequestState) -> RequestState:
-        """Its first latents (:mod:`handler.init_latents`), timed as ``vae_encode`` when the VAE ran."""
+        """Its first latents (:mod:`handler.model.init_latents`), timed as ``vae_encode`` when the VAE ran."""
         started = time.perf_counter()
         encoded = self.needs_vae(state.request)
         prepared = self.latents.prepare(
@@ -221,7 +221,7 @@ class Denoiser:
     def encode_conditioning(
         self, request: GenerationRequest, guidance: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompt embeddings, pooled embeddings and SDXL's time ids (:mod:`handler.conditioning`), with the
+        """Prompt embeddings, pooled embeddings and SDXL's time ids (:mod:`handler.model.conditioning`), with the
         request's LoRAs on the text encoders (the ones that have LoRA layers)."""
         with self._text_loras(request):
             return encode_conditioning(self.pipeline, self.device, request, guidance)
@@ -241,7 +241,7 @@ class Denoiser:
         return self.loras.whole_forward_set(request.loras) if request.loras else ()
 
     def plan_refiner(self, state: RequestState) -> None:
-        """Cut the base stage at ``denoising_end`` and prepare the refiner stage (:mod:`handler.refiner`): its
+        """Cut the base stage at ``denoising_end`` and prepare the refiner stage (:mod:`handler.model.refiner`): its
         own scheduler of the refiner's config, its timesteps below the cut, its text conditioning."""
         request = state.request
         state.timesteps = base_part(state.scheduler, state.timesteps, request.denoising_end)
@@ -274,7 +274,7 @@ class Denoiser:
 
     def make_scheduler(self, request: GenerationRequest) -> Any:
         """A scheduler of this request's own: its sampler and schedule on the pipeline's scheduler config
-        (:mod:`handler.samplers`), never the shared one, so it can sit at any step whatever the others do."""
+        (:mod:`handler.contract.samplers`), never the shared one, so it can sit at any step whatever the others do."""
         return build_scheduler(request.sampler, request.schedule, request.eta, self.pipeline.scheduler)
 
     def set_timesteps(self, scheduler: Any, request: GenerationRequest) -> torch.Tensor:

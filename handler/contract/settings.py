@@ -9,15 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .errors import ConfigError, InvalidRequest
-from .lora_catalogue import CatalogueLora
-from .samplers import SAMPLER_NAMES
-from .schema import OUTPUT_FORMATS, Defaults, Limits, parse_request
+from handler.contract.errors import ConfigError, InvalidRequest
+from handler.contract.samplers import SAMPLER_NAMES, SCHEDULERS
+from handler.contract.schema import OUTPUT_FORMATS, Defaults, Limits, parse_request
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ATTENTIONS = ("auto", "sdpa", "xformers")
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class CatalogueLora:
+    """One ``handler.lora_catalogue`` entry."""
+
+    path: str  # a folder, hub id or .safetensors file
+    scale: float = 1.0  # a request's scale when it gives none
+    weight_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,13 +60,17 @@ class HandlerSettings:
         loras (`list`, defaults to none): LoRAs fused into the weights at load, each ``{path, scale,
             weight_name}`` (LCM-LoRA, a style LoRA): every request gets them, at no cost per step.
         lora_catalogue (`dict`, defaults to none): LoRAs requests may ask for by name (``loras`` field), each
-            ``name: {path, scale, weight_name}``; loaded on first use, applied per row (:mod:`handler.lora_routing`).
+            ``name: {path, scale, weight_name}``; loaded on first use, applied per row
+            (:mod:`handler.model.lora_routing`).
         max_loaded_loras (`int`, defaults to 4): catalogue LoRAs kept loaded (LRU; in-use ones are never evicted).
         lora_batching (`str`, defaults to "mixed"): "mixed" routes each row's LoRAs inside one shared forward;
             "grouped" applies every catalogue LoRA with PEFT to forwards of one LoRA set each (the fallback
             DoRA always gets; for comparison, bench/lora_mix.py).
+        model_scheduler (`str`, defaults to "EulerDiscreteScheduler"): the class of the model's own scheduler (its
+            ``scheduler/scheduler_config.json``), so that requests without a ``sampler`` are checked at parse,
+            by every front door, without loading the model; a model whose scheduler differs fails at startup.
         refiner_path (`str`, defaults to None): an SDXL refiner (diffusers folder or hub id) sharing the base's
-            ``text_encoder_2`` and VAE; requests with ``denoising_end`` hand over to it (:mod:`handler.refiner`).
+            ``text_encoder_2`` and VAE; requests with ``denoising_end`` hand over to it (:mod:`handler.model.refiner`).
         device (`str`, defaults to "auto"): "auto" uses the GPU TorchServe assigns, else the CPU.
         dtype (`str`, defaults to "auto"): "auto" is float16 on CUDA and float32 on CPU.
         attention (`str`, defaults to "auto"): "auto" uses xformers when importable and on CUDA, else
@@ -80,14 +92,14 @@ class HandlerSettings:
             on a side thread (and CUDA stream) beside the shared denoising steps, instead of inside them where
             every request still denoising waits for them. "auto" is on for CUDA and off
             on a CPU, where the side thread competes with the steps for the same cores (measured: worse).
-        continuous (`bool`, defaults to False): step-level continuous batching (:mod:`handler.core`).
+        continuous (`bool`, defaults to False): step-level continuous batching (:mod:`handler.runtime.core`).
             Not a ``handler:`` key: it is TorchServe's own top-level ``continuousBatching`` key, so the
             frontend and the handler cannot disagree about the mode.
         memory_ceiling_latent_pixels (`int`, defaults to None): fault injection: a UNet forward over more
             latent pixels (rows x h x w) than this fails as out of memory, to exercise the split-and-retry
             path on a CPU. Leave None in production.
         warmup (`list`, defaults to one run at the default size): shapes generated once in ``initialize``.
-        defaults / limits: request defaults and bounds, see :mod:`handler.schema`.
+        defaults / limits: request defaults and bounds, see :mod:`handler.contract.schema`.
     """
 
     model_path: str | None = None
@@ -97,6 +109,7 @@ class HandlerSettings:
     lora_catalogue: dict[str, CatalogueLora] = field(default_factory=dict)
     max_loaded_loras: int = 4
     lora_batching: str = "mixed"
+    model_scheduler: str = "EulerDiscreteScheduler"
     refiner_path: str | None = None
     device: str = "auto"
     dtype: str = "auto"
@@ -148,6 +161,7 @@ class HandlerSettings:
             limits,
             catalogue=tuple((name, entry.scale) for name, entry in catalogue.items()),
             refiner=bool(section.get("refiner_path")),
+            model_scheduler=section.get("model_scheduler", cls.model_scheduler),
         )
         warmup = section.pop("warmup", None)
         if warmup is not None:
@@ -176,6 +190,10 @@ class HandlerSettings:
         return settings
 
     def check(self) -> None:
+        if self.model_scheduler not in SCHEDULERS:
+            raise ConfigError(
+                f"handler.model_scheduler must be one of {', '.join(SCHEDULERS)} but is {self.model_scheduler!r}"
+            )
         for name, allowed in (("device", DEVICES), ("dtype", DTYPES), ("attention", ATTENTIONS)):
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):

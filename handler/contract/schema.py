@@ -1,7 +1,7 @@
 """The request schema: every field's name, type, default, bounds and documentation, in one place.
 
-The handler validates with :func:`parse_request` (value checks in :mod:`handler.checks`); the README's request
-reference is generated from :data:`FIELDS` (``python -m handler.schema``). Names follow diffusers'
+The handler validates with :func:`parse_request` (value checks in :mod:`handler.contract.checks`); the README's request
+reference is generated from :data:`FIELDS` (``python -m handler.contract.schema``). Names follow diffusers'
 ``StableDiffusionXLPipeline.__call__``; the model yaml's ``handler:`` section overrides defaults and bounds.
 """
 
@@ -12,12 +12,13 @@ import sys
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .checks import choice, integer, json_type, number, short, text
-from .errors import InvalidRequest
-from .images import RESIZE_MODES, InputImage, image_options, output_size, read_inputs
-from .refiner import refiner_options
-from .samplers import SAMPLER_NAMES, SCHEDULE_NAMES
-from .sizes import MAX_CONDITIONING_PIXELS, SDXL_BUCKETS, micro_conditioning
+from handler.contract.checks import choice, integer, json_type, number, short, text
+from handler.contract.errors import InvalidRequest
+from handler.contract.images import RESIZE_MODES, InputImage, image_options, output_size, read_inputs
+from handler.contract.prompts import PromptTokenizers
+from handler.contract.refiner import refiner_options
+from handler.contract.samplers import SAMPLER_NAMES, SCHEDULE_NAMES, check_sampling
+from handler.contract.sizes import MAX_CONDITIONING_PIXELS, SDXL_BUCKETS, micro_conditioning
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 RESPONSE_FORMATS = ("json", "image")
@@ -37,7 +38,7 @@ class Limits:
     max_guidance_scale: float = 30.0
     max_images_per_prompt: int = 4
     max_timeout_s: float = 600.0
-    samplers: tuple[str, ...] | None = None  # None: every sampler of handler.samplers
+    samplers: tuple[str, ...] | None = None  # None: every sampler of handler.contract.samplers.SAMPLERS
     allowed_sizes: tuple[tuple[int, int], ...] | None = None  # (width, height); None: any size within bounds
     max_image_bytes: int = 10 * 2**20  # per input image, encoded (TorchServe's max_request_size must fit two)
     max_image_side: int = 4096  # per side of an input image, before any resize_mode
@@ -45,6 +46,7 @@ class Limits:
     max_lora_scale: float = 2.0  # |scale| of one requested LoRA
     catalogue: tuple[tuple[str, float], ...] = ()  # (name, default scale): handler.lora_catalogue, set by settings
     refiner: bool = False  # a refiner is loaded (handler.refiner_path), set by settings
+    model_scheduler: str = "EulerDiscreteScheduler"  # the model's own scheduler class (handler.model_scheduler)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class GenerationRequest:
     resize_mode: str | None = None  # set exactly when `image` is
     keep_unmasked: bool | None = None  # set exactly when `mask_image` is
     loras: tuple[tuple[str, float], ...] = ()  # (catalogue name, scale)
-    denoising_end: float | None = None  # the refiner's hand-over point (handler.refiner)
+    denoising_end: float | None = None  # the refiner's hand-over point (handler.model.refiner)
     aesthetic_score: float | None = None  # set exactly when `denoising_end` is
     negative_aesthetic_score: float | None = None
 
@@ -317,7 +319,7 @@ def describe_fields(limits: Limits = Limits(), defaults: Defaults = Defaults()) 
 
 
 def image_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
-    """img2img and inpainting (:mod:`handler.images` checks the images)."""
+    """img2img and inpainting (:mod:`handler.contract.images` checks the images)."""
     sides = f"{limits.min_size}..{limits.max_image_side}"
     image_bounds = f"PNG / JPEG / WebP, <= {limits.max_image_bytes} bytes, sides {sides}"
     return (
@@ -367,7 +369,7 @@ def image_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
 
 
 def refiner_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
-    """The SDXL refiner's hand-over (:mod:`handler.refiner`)."""
+    """The SDXL refiner's hand-over (:mod:`handler.model.refiner`)."""
     available = "" if limits.refiner else " This model has no refiner (`handler.refiner_path`)."
     return (
         Field(
@@ -399,8 +401,20 @@ def refiner_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
 FIELDS = tuple(f.name for f in describe_fields())
 
 
-def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = Defaults()) -> GenerationRequest:
+def parse_request(
+    payload: Any,
+    limits: Limits = Limits(),
+    defaults: Defaults = Defaults(),
+    tokenizers: PromptTokenizers | None = None,
+) -> GenerationRequest:
     """Check a decoded JSON body up front and return the request with defaults filled in.
+
+    Args:
+        payload (`Any`): the decoded JSON body.
+        limits (`Limits`, defaults to the built-in bounds): the model yaml's ``handler.limits`` (with the model's
+            catalogue, refiner and scheduler class).
+        defaults (`Defaults`, defaults to the built-in defaults): the model yaml's ``handler.defaults``.
+        tokenizers (`PromptTokenizers`, defaults to None): the model's tokenizers; None skips token counts.
 
     Raises:
         InvalidRequest: naming the first wrong field and its value. Nothing is silently corrected.
@@ -440,12 +454,13 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
     output_format = choice("output_format", get("output_format"), OUTPUT_FORMATS)
     response_format = choice("response_format", payload.get("response_format", "json"), RESPONSE_FORMATS)
 
-    # 4b. Sampling (the sampler/schedule pair and eta are checked against the scheduler class at admission).
+    # 4b. Sampling: each name, then the pair and eta against the scheduler class.
     sampler = get("sampler")
     if sampler is not None:
         sampler = choice("sampler", sampler, limits.samplers or SAMPLER_NAMES)
     schedule = choice("schedule", get("schedule"), SCHEDULE_NAMES)
     eta = None if get("eta") is None else float(number("eta", get("eta"), 0.0, 1.0))
+    check_sampling(sampler, schedule, eta, limits.model_scheduler)
 
     # 4c. SDXL micro-conditioning.
     conditioning = micro_conditioning(payload)
@@ -490,7 +505,7 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
             field="num_images_per_prompt",
             value=images,
         )
-    return GenerationRequest(
+    request = GenerationRequest(
         prompt=prompt,
         negative_prompt=negative_prompt,
         prompt_2=prompt_2,
@@ -515,6 +530,11 @@ def parse_request(payload: Any, limits: Limits = Limits(), defaults: Defaults = 
         **refined,
         loras=loras,
     )
+
+    # 7. The texts fit the model's text encoders.
+    if tokenizers is not None:
+        tokenizers.check(request)
+    return request
 
 
 def lora_choices(value: Any, limits: Limits) -> tuple[tuple[str, float], ...]:
@@ -560,7 +580,7 @@ def main(argv: list[str]) -> None:
         return
     import yaml
 
-    from .settings import HandlerSettings
+    from handler.contract.settings import HandlerSettings
 
     with open(argv[0]) as handle:
         settings = HandlerSettings.from_yaml(yaml.safe_load(handle))

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from .schema import IMAGE_CONTENT_TYPES
-from .settings import HandlerSettings
+from handler.contract.schema import IMAGE_CONTENT_TYPES
+from handler.contract.settings import HandlerSettings
 
 # A linear map from SDXL's 4 latent channels to RGB (the approximation previewers such as ComfyUI's use):
 # a preview costs a 4x3 matmul on a 1/8-size latent instead of a VAE decode.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import InvalidRequest
-from .schema import IMAGE_CONTENT_TYPES
+from handler.contract.errors import InvalidRequest
+from handler.contract.schema import IMAGE_CONTENT_TYPES
 
 # TorchServe's name for a raw body; "data" is what its form decoder and older clients use.
 BODY_KEYS = ("body", "data")

@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
-from .settings import HandlerSettings
+from handler.contract.errors import ConfigError
+from handler.contract.samplers import SCHEDULERS
+from handler.contract.settings import HandlerSettings
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,13 @@ def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = N
     if settings.unet_path:
         extra["unet"] = load_unet(settings.unet_path, source, dtype)
     pipeline = StableDiffusionXLPipeline.from_pretrained(source, dtype=dtype, **extra)
+    check_scheduler(pipeline.scheduler, settings.model_scheduler, "handler.model_scheduler")
     fuse_loras(pipeline, settings.loras)
     pipeline.to(device)
     pipeline.set_progress_bar_config(disable=True)
     refiner = load_refiner(settings.refiner_path, pipeline, dtype, device) if settings.refiner_path else None
+    if refiner is not None:
+        check_scheduler(refiner.scheduler, None, "the refiner's scheduler")
 
     # 3. Attention backend. diffusers uses SDPA by default, so only xformers needs switching on.
     attention = choose_attention(settings.attention, device)
@@ -150,6 +154,17 @@ def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = N
     return LoadedPipeline(
         pipeline=pipeline, device=device, dtype=dtype, attention=attention, source=source, refiner=refiner
     )
+
+
+def check_scheduler(scheduler: Any, expected: str | None, what: str) -> None:
+    """The contract checks requests against the scheduler class the yaml names (handler.model_scheduler),
+    before any model is loaded: a model with another class must say so, or its requests would be judged by the
+    wrong rules."""
+    name = type(scheduler).__name__
+    if name not in SCHEDULERS:
+        raise ConfigError(f"{what} is {name}, which handler.contract.samplers.SCHEDULERS does not describe")
+    if expected is not None and name != expected:
+        raise ConfigError(f"{what} is {expected!r} but the model's scheduler is {name!r}: set {what}: {name}")
 
 
 def load_refiner(path: str, base: Any, dtype: torch.dtype, device: torch.device) -> Any:

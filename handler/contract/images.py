@@ -4,7 +4,7 @@ Every check happens before the pixels are decoded, where it can: the base64 text
 magic bytes (PNG, JPEG and WebP only), the declared size (each side and the pixel count, which stops
 decompression bombs before Pillow allocates them), one frame only. Then the pixels are loaded (a truncated or
 corrupt file fails here), the EXIF orientation is applied and the mode converted (images to RGB, masks to L).
-Any failure is an :class:`~handler.errors.InvalidRequest` naming the field. The request keeps an
+Any failure is an :class:`~handler.contract.errors.InvalidRequest` naming the field. The request keeps an
 :class:`InputImage`, whose :meth:`~InputImage.record` (sha256, size, format) is all that is ever echoed.
 """
 
@@ -18,9 +18,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import choice, json_type, number, short
-from .errors import InvalidRequest
-from .sizes import resolve_size
+from handler.contract.checks import choice, json_type, number, short
+from handler.contract.errors import InvalidRequest
+from handler.contract.sizes import resolve_size
 
 FORMATS = ("PNG", "JPEG", "WEBP")
 MEDIA_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}

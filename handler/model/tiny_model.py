@@ -6,8 +6,8 @@ through the same ``StableDiffusionXLPipeline.from_pretrained`` call as real weig
 (``torch.manual_seed(0)``) and the CLIP tokenizers are built from a small vocabulary made here, so nothing
 is downloaded. Images from it are noise-like; it exists to exercise the serving path end to end.
 
-    python -m handler.tiny_model build/tiny-sdxl
-    python -m handler.tiny_model build/tiny-sdxl-refiner --refiner
+    python -m handler.model.tiny_model build/tiny-sdxl
+    python -m handler.model.tiny_model build/tiny-sdxl-refiner --refiner
 """
 
 from __future__ import annotations

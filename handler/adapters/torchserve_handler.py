@@ -1,6 +1,6 @@
 """TorchServe adapter: the only module that imports ``ts``.
 
-It wires BaseHandler's stages to the serving core (:class:`handler.core.Core`, in whichever batching mode the
+It wires BaseHandler's stages to the serving core (:class:`handler.runtime.core.Core`, in whichever batching mode the
 model yaml names), reports each row's own status and headers through the context (so one bad request never
 fails its batch-mates), sends stream chunks with TorchServe's intermediate responses, and gives each row's
 stop flag to TorchServe as ``context.stopping_criteria``. Archived as the model's ``--handler``; TorchServe
@@ -17,10 +17,10 @@ from ts.metrics.dimension import Dimension
 from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
-from handler.core import ServingCore, build_core
-from handler.errors import CLIENT_VISIBLE_ERRORS
-from handler.metrics import Observation, startup_observations
-from handler.replies import NDJSON, Reply
+from handler.contract.errors import CLIENT_VISIBLE_ERRORS
+from handler.runtime.core import ServingCore, build_core
+from handler.runtime.metrics import Observation, startup_observations
+from handler.wire.replies import NDJSON, Reply
 
 log = logging.getLogger(__name__)
 

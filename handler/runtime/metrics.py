@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .stages import Stage
+from handler.runtime.stages import Stage
 
 # TorchServe appends these two dimensions to every model metric (and Hostname on the frontend side).
 DEFAULT_DIMENSIONS = ("ModelName", "Level")
@@ -127,7 +127,7 @@ def call_metrics(
     Args:
         size (`int`): rows in the call.
         ended (`dict[int, tuple]`): per row that ENDS in this call, (its request or None, its ordinary
-            :class:`~handler.replies.Reply`, its stage timings in ms with "total").
+            :class:`~handler.wire.replies.Reply`, its stage timings in ms with "total").
         disconnected (`int`, defaults to 0): requests dropped because their client went away.
         gpu_memory_bytes (`int`, defaults to None): None on the CPU.
         lora_events (`list`, defaults to none): the LoRA catalogue's (kind, name, load ms) since the last call;

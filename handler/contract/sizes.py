@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checks import integer, json_type, short
-from .errors import InvalidRequest
+from handler.contract.checks import integer, json_type, short
+from handler.contract.errors import InvalidRequest
 
 # (width, height): the ~1 megapixel sizes SDXL was trained on, by aspect ratio (width:height, rounded).
 SDXL_BUCKETS: dict[str, tuple[int, int]] = {

@@ -1,0 +1,1 @@
+"""What goes over the wire: replies, image encoding, stream events."""
