@@ -117,7 +117,8 @@ def write_jobs_config(folder: Path, **settings) -> Path:
 
 @dataclass
 class JobProcess:
-    """A gateway (``kind="gateway"``) or a dispatcher (``kind="dispatcher"``) in its own process."""
+    """A gateway (``kind="gateway"``) or a dispatcher (``kind="dispatcher"``) in its own process: this
+    checkout's code under this interpreter, or with ``python`` another environment's installed package."""
 
     kind: str
     config: Path
@@ -125,6 +126,7 @@ class JobProcess:
     port: int = field(default_factory=free_port)
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    python: str | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -134,14 +136,20 @@ class JobProcess:
     def start(self) -> JobProcess:
         self.folder.mkdir(parents=True, exist_ok=True)
         module = "jobs.gateway" if self.kind == "gateway" else "jobs.dispatcher"
-        command = [sys.executable, "-m", module, "--config", str(self.config), *self.extra_args]
+        command = [self.python or sys.executable, "-m", module, "--config", str(self.config), *self.extra_args]
         if self.kind == "gateway":
             command += ["--port", str(self.port)]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1", **self.env}
+        source = {} if self.python else {"PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, **source, "PYTHONUNBUFFERED": "1", **self.env}
         self.log = self.folder / f"{self.kind}-{self.port}.log"
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+                command,
+                cwd=self.folder if self.python else REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         if self.kind == "gateway":
             self.wait_healthy()

@@ -131,7 +131,7 @@ def options_server(tmp_path_factory):
     import yaml
 
     from handler.model.tiny_model import save_tiny_pipeline
-    from tests.unit.test_lora_catalogue import make_lora
+    from tests.helpers import make_lora
 
     root = tmp_path_factory.mktemp("options")
     handler = yaml.safe_load((REPO_ROOT / "config" / "tiny-sdxl.yaml").read_text())["handler"]

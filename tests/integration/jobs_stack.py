@@ -127,6 +127,17 @@ class JobStack:
         client = self.redis_client()
         return client.llen("saq:sdxl:queued"), client.llen("saq:sdxl:active")
 
+    def wait_step(self, job_id: str, step: int, timeout: float = 60) -> dict:
+        """The job once it is processing at ``step`` or later."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.job(job_id)
+            if job["status"] == "processing" and job["step"] >= step:
+                return job
+            assert job["status"] in ("pending", "processing"), job
+            time.sleep(0.05)
+        raise TimeoutError(f"{job_id} never reached step {step}: {self.job(job_id)}\n{self.logs()}")
+
     def metrics(self) -> str:
         return requests.get(f"{self.gateway.url}/metrics", timeout=10).text
 

@@ -9,7 +9,6 @@ import time
 import requests
 
 from tests.integration.jobs_stack import JobStack
-from tests.integration.test_jobs_faults import wait_step
 
 
 def disconnected(server) -> float:
@@ -25,7 +24,7 @@ def test_canceling_a_running_job_frees_it_in_the_handler(tmp_path, continuous_se
         job_id = stack.submit(
             {"prompt": "canceled mid-loop", "num_inference_steps": 50, "width": 128, "height": 128}
         ).json()["job_id"]
-        wait_step(stack, job_id, 2)
+        stack.wait_step(job_id, 2)
         canceled = requests.delete(f"{stack.gateway.url}/jobs/{job_id}", headers=stack.headers(), timeout=10)
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
         time.sleep(1.5)  # SAQ's abort check runs every second; then the dispatcher closes the stream

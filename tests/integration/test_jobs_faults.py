@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import signal
-import time
 
 import pytest
 
@@ -24,21 +23,10 @@ def stack(tmp_path, server):
     stack.stop()
 
 
-def wait_step(stack, job_id: str, step: int, timeout: float = 60) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = stack.job(job_id)
-        if job["status"] == "processing" and job["step"] >= step:
-            return job
-        assert job["status"] in ("pending", "processing"), job
-        time.sleep(0.05)
-    raise TimeoutError(f"{job_id} never reached step {step}: {stack.job(job_id)}\n{stack.logs()}")
-
-
 def test_a_job_whose_dispatcher_is_killed_completes_on_another_with_attempt_2(stack, server):
     first = stack.add_dispatcher()
     job_id = stack.submit(LONG).json()["job_id"]
-    assert wait_step(stack, job_id, 3)["attempt"] == 1
+    assert stack.wait_step(job_id, 3)["attempt"] == 1
     first.signal(signal.SIGKILL)
     first.process.wait(10)
     stack.add_dispatcher()
@@ -53,7 +41,7 @@ def test_a_job_whose_dispatcher_is_killed_completes_on_another_with_attempt_2(st
 def test_sigterm_finishes_what_fits_the_grace_and_puts_the_rest_back_at_the_head(stack):
     draining = stack.add_dispatcher()
     short = stack.submit({"prompt": "fits", "num_inference_steps": 20}).json()["job_id"]
-    wait_step(stack, short, 1)
+    stack.wait_step(short, 1)
     draining.signal(signal.SIGTERM)
     later = stack.submit({"prompt": "submitted during the drain"}).json()["job_id"]
     assert draining.process.wait(30) == 0, draining.log_tail()
@@ -63,7 +51,7 @@ def test_sigterm_finishes_what_fits_the_grace_and_puts_the_rest_back_at_the_head
     draining = stack.add_dispatcher()
     assert stack.wait(later)["status"] == "completed"
     long = stack.submit(LONG).json()["job_id"]
-    started = wait_step(stack, long, 1)
+    started = stack.wait_step(long, 1)
     draining.signal(signal.SIGTERM)
     assert draining.process.wait(30) == 0, draining.log_tail()
     back = stack.job(long)

@@ -36,8 +36,7 @@ def test_bad_lora_choices_are_400s_among_good_lora_requests_in_one_batch(lora_se
 
 
 def test_lora_loads_hits_and_evictions_reach_prometheus(lora_server):
-    from tests.integration.test_metrics import LORA_SERIES, scrape, value
-    from tests.unit.test_deploy import dashboard_exprs, referenced_metrics
+    from tests.helpers import LORA_SERIES, dashboard_exprs, referenced_metrics, scrape, value
 
     for name in ("ink", "ink", "film"):  # max_loaded_loras 1: load ink, hit ink, load film and evict ink
         assert lora_server.predict({"prompt": "m", "loras": [{"name": name}]}).status_code == 200

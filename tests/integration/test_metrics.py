@@ -3,27 +3,8 @@
 from __future__ import annotations
 
 import re
-import time
 
-import requests
-
-LORA_SERIES = ("sdxl_lora_", "sdxl_loras_")
-
-
-def scrape(server, wanted: list[str], timeout: float = 20) -> str:
-    """/metrics once every wanted series is there (the frontend parses worker metrics asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-        if all(re.search(pattern, text, re.M) for pattern in wanted) or time.monotonic() > deadline:
-            return text
-        time.sleep(0.5)
-
-
-def value(text: str, pattern: str) -> float:
-    match = re.search(pattern + r"\S* (\S+)$", text, re.M)
-    assert match, f"no series matching {pattern!r} in /metrics:\n{text[:3000]}"
-    return float(match.group(1))
+from tests.helpers import LORA_SERIES, scrape, value
 
 
 def test_handler_metrics_reach_prometheus_after_real_requests(server):
@@ -53,7 +34,7 @@ def test_handler_metrics_reach_prometheus_after_real_requests(server):
 
 
 def test_dashboard_and_alert_queries_name_series_the_server_really_exports(server):
-    from tests.unit.test_deploy import alert_rules, dashboard_exprs, referenced_metrics
+    from tests.helpers import alert_rules, dashboard_exprs, referenced_metrics
 
     server.predict({"prompt": "dashboard", "num_inference_steps": 2})
     server.predict({"prompt": "dashboard", "width": 9})

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
-from tests.unit.test_deploy import MONITORING, alert_rules, dashboard_exprs
+from tests.helpers import MONITORING, alert_rules, dashboard_exprs
 
 ALERT_RULES = MONITORING / "alert-rules.yaml"
 ALERT_TESTS = REPO_ROOT / "tests" / "monitoring" / "alert-rules.test.yaml"

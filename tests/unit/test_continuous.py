@@ -8,11 +8,9 @@ exercised in tests/integration/test_continuous.py.
 
 from __future__ import annotations
 
-import base64
 import io
 import itertools
 import json
-from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -20,89 +18,11 @@ from PIL import Image
 
 from handler.runtime.core import Core
 from handler.wire.replies import DEFERRED_STATUS_HEADER
+from tests.helpers import Frontend, pixels
 
 
 def row(**body):
     return {"body": json.dumps(body).encode()}
-
-
-@dataclass
-class Response:
-    """What one client receives: the first reply's status and headers, then every body chunk."""
-
-    status: int | None = None
-    content_type: str | None = None
-    headers: dict = field(default_factory=dict)
-    chunks: list = field(default_factory=list)
-    calls: list = field(default_factory=list)  # call numbers it took part in
-    done: bool = False
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(self.chunks)
-
-    def json(self):
-        return json.loads(self.body)
-
-    def events(self):
-        return [json.loads(line) for line in self.body.splitlines()]
-
-
-class Frontend:
-    def __init__(self, core: Core, batch_size: int = 4):
-        self.core = core
-        self.batch_size = batch_size
-        self.ids = (f"req-{n}" for n in itertools.count())
-        self.queue: list[tuple[str, dict, str | None]] = []
-        self.in_flight: list[str] = []
-        self.responses: dict[str, Response] = {}
-
-    def submit(self, body: dict | bytes, accept: str | None = None) -> Response:
-        request_id = next(self.ids)
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.queue.append((request_id, {"body": raw}, accept))
-        self.responses[request_id] = Response()
-        return self.responses[request_id]
-
-    def disconnect(self, response: Response) -> None:
-        request_id = next(i for i, r in self.responses.items() if r is response)
-        self.in_flight.remove(request_id)
-
-    def call(self) -> None:
-        joining = self.queue[: self.batch_size - len(self.in_flight)]
-        del self.queue[: len(joining)]
-        ids = self.in_flight + [request_id for request_id, _, _ in joining]
-        rows = [{} for _ in self.in_flight] + [r for _, r, _ in joining]
-        accepts = [None for _ in self.in_flight] + [a for _, _, a in joining]
-        call = self.core.parse(rows, accepts, ids)
-        replies = self.core.render(self.core.run(call))
-        assert len(replies) == len(ids)
-        for request_id, reply in zip(ids, replies, strict=True):
-            response = self.responses[request_id]
-            first = response.status is None
-            assert not (first and reply.stop is True), "a first reply with stop=True reaches the client as nothing"
-            assert first or reply.stop is not None, "a plain reply after a chunk corrupts the connection"
-            if first:
-                response.status, response.content_type, response.headers = (
-                    reply.status,
-                    reply.content_type,
-                    reply.headers,
-                )
-            response.chunks.append(reply.body)
-            response.calls.append(call.number)
-            response.done = reply.stop is not False
-        self.in_flight = [request_id for request_id in ids if not self.responses[request_id].done]
-
-    def run_until_idle(self, max_calls: int = 200) -> None:
-        for _ in range(max_calls):
-            if not self.queue and not self.in_flight:
-                return
-            self.call()
-        raise AssertionError("requests still in flight")
-
-
-def pixels(body: dict) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][0]))), dtype=np.int16)
 
 
 @pytest.fixture
@@ -325,7 +245,7 @@ def test_several_steps_per_call_send_their_progress_events_in_one_chunk(tiny_loa
 
 
 def test_an_out_of_memory_split_resumes_at_the_current_step_across_calls(continuous_core, tiny_loaded, monkeypatch):
-    from tests.unit.test_core import count_unet_forwards
+    from tests.helpers import count_unet_forwards
 
     forwards = count_unet_forwards(monkeypatch, tiny_loaded, fail_above_rows=2)
     frontend = Frontend(continuous_core)

@@ -10,14 +10,11 @@ import torch
 from PIL import Image
 
 from handler.runtime.core import Core
+from tests.helpers import count_unet_forwards, decode_images
 
 
 def row(**body):
     return {"body": json.dumps(body).encode()}
-
-
-def decode_images(reply):
-    return [Image.open(io.BytesIO(base64.b64decode(data))) for data in reply.json()["images"]]
 
 
 def max_pixel_difference(reply, other) -> int:
@@ -143,21 +140,6 @@ def test_a_non_memory_error_in_one_request_of_four_fails_only_it_and_the_others_
     for index in (0, 2, 3):
         alone = Core(tiny_loaded, tiny_settings).handle([rows[index]])[0]
         assert max_pixel_difference(replies[index], alone) <= 1
-
-
-def count_unet_forwards(monkeypatch, loaded, fail_above_rows=None, after=1):
-    """Rows of every UNet forward that ran; with ``fail_above_rows``, forwards over that many rows after the
-    first ``after`` ones run out of memory (a GPU that fragmented)."""
-    unet, real_forward, rows = loaded.pipeline.unet, loaded.pipeline.unet.forward, []
-
-    def forward(sample, *args, **kwargs):
-        if fail_above_rows is not None and len(rows) >= after and sample.shape[0] > fail_above_rows:
-            raise torch.OutOfMemoryError(f"simulated: {sample.shape[0]} rows")
-        rows.append(sample.shape[0])
-        return real_forward(sample, *args, **kwargs)
-
-    monkeypatch.setattr(unet, "forward", forward)
-    return rows
 
 
 def test_an_out_of_memory_split_resumes_at_the_current_step_and_keeps_to_what_fits(core, tiny_loaded, monkeypatch):

@@ -3,7 +3,6 @@ and every dashboard/alert query against the metric names the server declares."""
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -16,10 +15,10 @@ from handler.runtime.metrics import METRICS
 from scripts.torchserve_control import read_properties
 from scripts.torchserve_control import tool as console_script
 from tests.conftest import REPO_ROOT
+from tests.helpers import alert_rules, dashboard_exprs, referenced_metrics
 
 DOCKERFILE = (REPO_ROOT / "Dockerfile").read_text()
 KUBERNETES = REPO_ROOT / "deploy" / "kubernetes"
-MONITORING = REPO_ROOT / "deploy" / "monitoring"
 
 
 def tool(name: str) -> str:
@@ -44,7 +43,8 @@ def test_image_installs_with_the_projects_own_script_torch_first():
     default_extras = re.search(r"^ARG EXTRAS=(\S+)$", DOCKERFILE, re.M).group(1).split(",")
     for extra in default_extras:
         assert re.search(rf"^{extra} = \[", pyproject, re.M), f"extra {extra} is not in pyproject.toml"
-    for package in re.search(r"packages = \[(.*?)\]", pyproject).group(1).replace('"', "").split(", "):
+    for pattern in re.search(r"include = \[(.*?)\]", pyproject).group(1).replace('"', "").split(", "):
+        package = pattern.rstrip("*")
         assert f"COPY {package}/ {package}/" in DOCKERFILE, f"the image misses the {package} package"
 
 
@@ -149,23 +149,6 @@ def declared_metric_names() -> set[str]:
     return names
 
 
-def referenced_metrics(expr: str) -> set[str]:
-    expr = re.sub(r"\bby\s*\([^)]*\)", "", expr)  # grouping labels are not metrics
-    words = set(re.findall(r"\b([A-Za-z_][A-Za-z0-9_]*)\s*[\[{]", expr))
-    words |= set(re.findall(r"\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)", expr))
-    promql = {"rate", "sum", "avg", "max", "by", "histogram_quantile", "le", "clamp_min"}
-    return {w for w in words if w not in promql}
-
-
-def dashboard_exprs() -> list[str]:
-    dashboard = json.loads((MONITORING / "grafana-dashboard.json").read_text())
-    return [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-
-
-def alert_rules() -> list[dict]:
-    return yaml.safe_load((MONITORING / "alert-rules.yaml").read_text())["groups"][0]["rules"]
-
-
 def test_every_dashboard_and_alert_query_uses_declared_metrics():
     declared = declared_metric_names()
     exprs = dashboard_exprs() + [rule["expr"] for rule in alert_rules()]
@@ -181,7 +164,7 @@ def test_the_triton_dockerfile_passes_hadolint_and_installs_torch_first_and_nump
     result = subprocess.run([tool("hadolint"), path], cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     text = (REPO_ROOT / path).read_text()
-    assert text.index('"${TORCH_SPEC}"') < text.index("pip install --no-cache-dir . ") and '"numpy<2"' in text
+    assert text.index('"${TORCH_SPEC}"') < text.index('pip install --no-cache-dir ".[model]" ') and '"numpy<2"' in text
     assert re.search(r"^USER 1000:1000$", text, re.M) and "HEALTHCHECK" in text
     assert "COPY deploy/triton/stable_diffusion_xl/" in text
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from handler.contract.schema import parse_request
-from tests.unit.test_generation import make_engine, max_diff, pipeline_image
+from tests.helpers import make_engine, max_diff, pipeline_image
 
 
 @pytest.fixture(scope="module")

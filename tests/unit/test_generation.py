@@ -9,9 +9,7 @@ import torch
 
 from handler.contract.errors import TimeBudgetExceeded
 from handler.contract.schema import parse_request
-from handler.model.denoise import Denoiser
-from handler.runtime.engine import Engine
-from handler.runtime.side_work import SideWorker
+from tests.helpers import make_engine, max_diff, pipeline_image
 
 
 @pytest.fixture
@@ -20,11 +18,6 @@ def make(tiny_settings):
         return parse_request({"prompt": "a red cat", "seed": 7, **fields}, tiny_settings.limits, tiny_settings.defaults)
 
     return make_request
-
-
-def make_engine(loaded) -> Engine:
-    """The engine alone: decoded PIL images out, no encoding, no side thread."""
-    return Engine(Denoiser(loaded.pipeline, loaded.device), 8, SideWorker(loaded.device, overlap=False))
 
 
 @pytest.fixture(scope="module")
@@ -38,18 +31,6 @@ def pixels(image) -> np.ndarray:
 
 def run(engine, requests):
     return engine.generate(requests)
-
-
-def max_diff(a, b) -> int:
-    return int(np.abs(pixels(a) - pixels(b)).max())
-
-
-def pipeline_image(pipeline, seed: int = 7, **call):
-    """diffusers' own StableDiffusionXLPipeline on one request (the tiny defaults unless ``call`` says
-    otherwise), with a per-image CPU generator list as the engine uses."""
-    arguments = {"prompt": "a red cat", "num_inference_steps": 4, "guidance_scale": 5.0, "width": 64, "height": 64}
-    generator = [torch.Generator("cpu").manual_seed(seed)]
-    return pipeline(**{**arguments, **call}, generator=generator).images[0]
 
 
 def test_one_request_matches_the_diffusers_pipeline(engine, tiny_loaded, make):

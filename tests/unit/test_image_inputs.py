@@ -17,9 +17,8 @@ from handler.contract.schema import parse_request
 from handler.model.loading import load_pipeline
 from handler.model.tiny_model import save_tiny_pipeline
 from handler.runtime.core import Core
+from tests.helpers import Frontend, make_engine, max_diff, pixels
 from tests.images import b64, encoded, half_mask, malformed_image_bodies, picture
-from tests.unit.test_continuous import Frontend, pixels
-from tests.unit.test_generation import make_engine, max_diff
 
 INIT = picture(64, 64)
 MASK = half_mask(64, 64)

@@ -10,35 +10,7 @@ import torch
 from handler.contract.settings import CatalogueLora
 from handler.model.loading import load_pipeline
 from handler.runtime.core import Core
-from tests.unit.test_core import decode_images
-from tests.unit.test_generation import max_diff
-
-ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
-
-
-def make_lora(folder, seed: int, text_encoder: bool = False, targets=ATTENTION, dora: bool = False):
-    """A tiny random LoRA (rank 4) on the tiny UNet's ``targets`` (attention; add "conv1" for a LoCon), optionally
-    DoRA, optionally also on the first text encoder, saved as diffusers saves LoRAs."""
-    from diffusers import StableDiffusionXLPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    from handler.model.tiny_model import build_tiny_pipeline
-
-    pipeline = build_tiny_pipeline()
-    torch.manual_seed(seed)
-    unet_config = LoraConfig(r=4, lora_alpha=4, target_modules=list(targets), init_lora_weights=False, use_dora=dora)
-    pipeline.unet.add_adapter(unet_config)
-    layers = {"unet_lora_layers": get_peft_model_state_dict(pipeline.unet)}
-    if text_encoder:
-        from peft import inject_adapter_in_model
-
-        text_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        encoder = inject_adapter_in_model(text_config, pipeline.text_encoder)  # peft's own: no transformers gate
-        state = encoder.state_dict()
-        layers["text_encoder_lora_layers"] = {k.replace(".default", ""): v for k, v in state.items() if "lora_" in k}
-    StableDiffusionXLPipeline.save_lora_weights(folder, **layers)
-    return str(folder)
+from tests.helpers import ATTENTION, decode_images, make_lora, max_diff
 
 
 @pytest.fixture(scope="module")

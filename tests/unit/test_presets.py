@@ -108,8 +108,7 @@ def test_a_lora_fused_at_load_gives_the_image_of_the_pipeline_with_that_lora(tin
     reference.set_adapters(["style"], adapter_weights=[0.8])
     expected = reference(prompt="a fox", num_inference_steps=4, guidance_scale=5.0, width=64, height=64,
                          generator=[torch.Generator("cpu").manual_seed(3)]).images[0]  # fmt: skip
-    from tests.unit.test_core import decode_images
-    from tests.unit.test_generation import max_diff
+    from tests.helpers import decode_images, max_diff
 
     assert max_diff(decode_images(ours)[0], expected) <= 1
     base = Core(load_pipeline(str(tiny_model_dir), tiny_settings), tiny_settings).handle(rows(body))[0]

@@ -13,9 +13,8 @@ from handler.contract.samplers import SAMPLERS
 from handler.model.loading import load_pipeline
 from handler.model.tiny_model import save_tiny_pipeline
 from handler.runtime.core import Core
+from tests.helpers import decode_images, max_diff
 from tests.images import b64, half_mask, picture
-from tests.unit.test_core import decode_images
-from tests.unit.test_generation import max_diff
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +143,7 @@ def serve(core, bodies, continuous):
     """Static: one handler call. Continuous: TorchServe's frontend loop (tests/unit/test_continuous.py)."""
     if not continuous:
         return core.handle(rows(*bodies))
-    from tests.unit.test_continuous import Frontend
+    from tests.helpers import Frontend
 
     frontend = Frontend(core)
     responses = [frontend.submit(body) for body in bodies]

@@ -11,7 +11,7 @@ from handler.contract.samplers import SAMPLER_NAMES, SAMPLERS, SCHEDULERS, SCHED
 from handler.contract.schema import parse_request
 from handler.model.scheduling import build_scheduler
 from handler.runtime.core import Core
-from tests.unit.test_generation import make_engine, max_diff, pipeline_image
+from tests.helpers import make_engine, max_diff, pipeline_image
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from handler.contract.schema import Defaults, Limits, parse_request
 from handler.contract.settings import HandlerSettings
 from handler.contract.sizes import SDXL_BUCKETS
 from handler.runtime.core import Core
-from tests.unit.test_generation import make_engine, max_diff, pipeline_image
+from tests.helpers import make_engine, max_diff, pipeline_image
 
 
 def rows(*bodies):
