@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from handler.contract.schema import GenerationRequest
+from handler.contract.request import GenerationRequest
 from handler.model.denoise import Denoiser
 from handler.model.loading import LoadedPipeline
 from handler.runtime.engine import Engine

@@ -2,5 +2,5 @@
 each TorchServe pod), result store, webhooks.
 
 Nothing here imports TorchServe or touches a GPU: TorchServe still does every image. The request schema is the
-handler's (:mod:`handler.contract.schema`), so a body the gateway accepts is one /predictions accepts.
+handler's (:mod:`handler.contract.fields`), so a body the gateway accepts is one /predictions accepts.
 """

@@ -34,8 +34,8 @@ from saq import Status
 
 from handler.contract.decode import parse_json_text
 from handler.contract.errors import InvalidRequest, error_document
+from handler.contract.parse import parse_request
 from handler.contract.prompts import PromptTokenizers
-from handler.contract.schema import parse_request
 from handler.contract.settings import HandlerSettings
 
 from . import metrics, webhooks

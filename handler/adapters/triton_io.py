@@ -2,7 +2,7 @@
 
 A Triton request carries the design document's inputs, ``prompt`` (TYPE_STRING) and optional ``steps``
 (TYPE_INT32, = ``num_inference_steps``), plus an optional ``parameters`` input: one JSON object with any other
-field of the request schema (:mod:`handler.contract.schema`, the same one TorchServe serves). Its response has
+field of the request schema (:mod:`handler.contract.fields`, the same one TorchServe serves). Its response has
 ``image`` (uint8, [H, W, 3]), ``image_bytes`` (the encoded image), ``seed`` (int64), ``effective_parameters`` (the
 effective parameters, JSON) and ``batch`` (the handler's accounting, JSON). A failed request gets its own
 error, whose message is the JSON error document (``code``, ``type``, ``message``, ``field``, ``value``).

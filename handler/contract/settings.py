@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from handler.contract.errors import ConfigError, InvalidRequest
+from handler.contract.parse import parse_request
+from handler.contract.request import OUTPUT_FORMATS, Defaults, Limits
 from handler.contract.samplers import SAMPLER_NAMES, SCHEDULERS
-from handler.contract.schema import OUTPUT_FORMATS, Defaults, Limits, parse_request
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -99,7 +100,7 @@ class HandlerSettings:
             latent pixels (rows x h x w) than this fails as out of memory, to exercise the split-and-retry
             path on a CPU. Leave None in production.
         warmup (`list`, defaults to one run at the default size): shapes generated once in ``initialize``.
-        defaults / limits: request defaults and bounds, see :mod:`handler.contract.schema`.
+        defaults / limits: request defaults and bounds, see :mod:`handler.contract.fields`.
     """
 
     model_path: str | None = None

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from handler.contract.schema import GenerationRequest
+from handler.contract.request import GenerationRequest
 
 
 def time_ids(pipeline: Any, request: GenerationRequest, dtype: torch.dtype, negative: bool) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from handler.contract.errors import InvalidRequest, NonFiniteImage
-from handler.contract.schema import GenerationRequest
+from handler.contract.request import GenerationRequest
 from handler.model.conditioning import encode_conditioning
 from handler.model.init_latents import Inpainting, LatentPreparer
 from handler.model.lora_routing import Route

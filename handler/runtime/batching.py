@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from handler.contract.schema import GenerationRequest
+from handler.contract.request import GenerationRequest
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from handler.contract.decode import decode_row, negotiate
+from handler.contract.parse import parse_request
 from handler.contract.prompts import PromptTokenizers
-from handler.contract.schema import MAX_SEED, Defaults, GenerationRequest, Limits, parse_request
+from handler.contract.request import MAX_SEED, Defaults, GenerationRequest, Limits
 from handler.contract.settings import HandlerSettings
 from handler.model.denoise import Denoiser, image_seeds
 from handler.model.loading import LoadedPipeline, load_pipeline

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handler.contract.errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
-from handler.contract.schema import GenerationRequest
+from handler.contract.request import GenerationRequest
 from handler.model.denoise import Denoiser, RequestState
 from handler.runtime.batching import Group, GroupKey, group_requests
 from handler.runtime.side_work import SideWorker

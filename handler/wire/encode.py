@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from handler.contract.schema import IMAGE_CONTENT_TYPES
+from handler.contract.request import IMAGE_CONTENT_TYPES
 from handler.contract.settings import HandlerSettings
 
 # A linear map from SDXL's 4 latent channels to RGB (the approximation previewers such as ComfyUI's use):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handler.contract.errors import ResponseTooLarge, as_serving_error, error_document
-from handler.contract.schema import IMAGE_CONTENT_TYPES, GenerationRequest
+from handler.contract.request import IMAGE_CONTENT_TYPES, GenerationRequest
 from handler.wire.encode import json_body
 
 NDJSON = "application/x-ndjson"

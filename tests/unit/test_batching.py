@@ -1,4 +1,5 @@
-from handler.contract.schema import Defaults, Limits, parse_request
+from handler.contract.parse import parse_request
+from handler.contract.request import Defaults, Limits
 from handler.runtime.batching import GroupKey, group_requests
 
 LIMITS = Limits(min_size=32)

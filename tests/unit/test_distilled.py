@@ -6,7 +6,7 @@ import diffusers
 import pytest
 import torch
 
-from handler.contract.schema import parse_request
+from handler.contract.parse import parse_request
 from tests.helpers import make_engine, max_diff, pipeline_image
 
 

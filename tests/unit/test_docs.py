@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from handler.contract.schema import markdown_table
+from handler.contract.fields import markdown_table
 from handler.contract.settings import HandlerSettings
 from tests.conftest import REPO_ROOT
 
@@ -47,7 +47,7 @@ def _curl_bodies(text: str) -> list[str]:
 
 
 def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
-    from handler.contract.schema import FIELDS
+    from handler.contract.fields import FIELDS
     from jobs.gateway import JOB_FIELDS  # POST /generate's own fields beside the schema
 
     errors = _readme_section("### Errors")
@@ -61,7 +61,7 @@ def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
 
 def test_the_readme_error_examples_are_the_errors_the_server_gives():
     from handler.contract.decode import decode_row
-    from handler.contract.schema import parse_request
+    from handler.contract.parse import parse_request
     from handler.wire.replies import error_reply
 
     settings = HandlerSettings.from_yaml(yaml.safe_load((REPO_ROOT / "config" / "sdxl-base.yaml").read_text()))
@@ -75,7 +75,7 @@ def test_the_readme_error_examples_are_the_errors_the_server_gives():
 
 
 def test_the_readme_response_sample_shows_every_parameter_stage_and_accounting_key():
-    from handler.contract.schema import FIELDS
+    from handler.contract.fields import FIELDS
     from handler.runtime.stages import Stage
 
     sample = json.loads(_readme_section("### Response (200)").split("```json", 1)[1].split("```", 1)[0])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from handler.contract.errors import TimeBudgetExceeded
-from handler.contract.schema import parse_request
+from handler.contract.parse import parse_request
 from tests.helpers import make_engine, max_diff, pipeline_image
 
 

@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline
 
 from handler.contract.errors import InvalidRequest
-from handler.contract.schema import parse_request
+from handler.contract.parse import parse_request
 from handler.model.loading import load_pipeline
 from handler.model.tiny_model import save_tiny_pipeline
 from handler.runtime.core import Core

@@ -44,7 +44,7 @@ def test_the_turbo_preset_serves_one_trailing_step_and_refuses_what_turbo_cannot
 
 def test_the_lightning_preset_defaults_to_4_trailing_euler_steps_and_refuses_30():
     settings = preset("sdxl-lightning.yaml")
-    from handler.contract.schema import parse_request
+    from handler.contract.parse import parse_request
 
     request = parse_request({"prompt": "x"}, settings.limits, settings.defaults)
     assert (request.num_inference_steps, request.sampler, request.schedule) == (4, "euler", "trailing")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from handler.contract.errors import TimeBudgetExceeded
-from handler.contract.schema import parse_request
+from handler.contract.parse import parse_request
 from handler.wire.replies import DEFERRED_NOTE, NDJSON, chunk_reply, error_reply, final_reply, success_reply
 
 

@@ -7,8 +7,8 @@ import json
 import diffusers
 import pytest
 
+from handler.contract.parse import parse_request
 from handler.contract.samplers import SAMPLER_NAMES, SAMPLERS, SCHEDULERS, SCHEDULES
-from handler.contract.schema import parse_request
 from handler.model.scheduling import build_scheduler
 from handler.runtime.core import Core
 from tests.helpers import make_engine, max_diff, pipeline_image

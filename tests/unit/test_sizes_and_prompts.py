@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from handler.contract.schema import Defaults, Limits, parse_request
+from handler.contract.parse import parse_request
+from handler.contract.request import Defaults, Limits
 from handler.contract.settings import HandlerSettings
 from handler.contract.sizes import SDXL_BUCKETS
 from handler.runtime.core import Core

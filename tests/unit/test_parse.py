@@ -4,15 +4,9 @@ import pytest
 
 from handler.contract.decode import negotiate
 from handler.contract.errors import InvalidRequest
-from handler.contract.schema import (
-    FIELDS,
-    MAX_SEED,
-    Defaults,
-    GenerationRequest,
-    Limits,
-    markdown_table,
-    parse_request,
-)
+from handler.contract.fields import FIELDS, markdown_table
+from handler.contract.parse import parse_request
+from handler.contract.request import MAX_SEED, Defaults, GenerationRequest, Limits
 from tests.images import b64, half_mask, picture
 
 
