@@ -292,6 +292,14 @@ class JobState:
                 out.append((entry_id.decode(), values[b"event"].decode(), json.loads(values[b"data"])))
         return out
 
+    async def recent(self, owner: str) -> list[str]:
+        """This key's most recent job ids, newest first (at most RECENT_JOBS)."""
+        return [i.decode() for i in await self.redis.zrevrange(self.recent_key(owner), 0, RECENT_JOBS - 1)]
+
+    async def has_events(self, job_id: str) -> bool:
+        """False once a job's event log expired."""
+        return bool(await self.redis.exists(self.events_key(job_id)))
+
     async def throughput(self, window_s: float = 60.0) -> tuple[float | None, float | None]:
         """(jobs finished per second over the last ``window_s``, their mean run time), or Nones before any."""
         now = time.time()

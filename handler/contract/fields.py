@@ -288,6 +288,44 @@ def refiner_fields(limits: Limits, defaults: Defaults) -> tuple[Field, ...]:
 FIELDS = tuple(f.name for f in describe_fields())
 
 
+_ITEM_TYPES = {
+    "string": {"type": "string"},
+    "integer": {"type": "integer"},
+    "number": {"type": "number"},
+    "boolean": {"type": "boolean"},
+    "[height, width]": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+    "[top, left]": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+    "list of {name, scale}": {
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "scale": {"type": "number"}},
+            "required": ["name"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def json_schema(limits: Limits = Limits(), defaults: Defaults = Defaults(), leave_out: tuple[str, ...] = ()) -> dict:
+    """The request as a JSON Schema (the job gateway's OpenAPI document shows it), from the same table; the
+    parser stays the judge of bounds, which each property's description states."""
+    properties = {}
+    for field in describe_fields(limits, defaults):
+        if field.name in leave_out:
+            continue
+        base, _, nullable = field.type.partition(" or ")
+        schema = dict(_ITEM_TYPES[base])
+        if base == "string" and " / " in field.bounds and "," not in field.bounds:
+            schema["enum"] = field.bounds.split(" / ")
+        if nullable:
+            schema = {"anyOf": [schema, {"type": "null"}]}
+        bounds = f" Bounds: {field.bounds}." if field.bounds else ""
+        schema["description"] = f"{field.description}{bounds} Default: {field.default}."
+        properties[field.name] = schema
+    return {"type": "object", "properties": properties, "required": ["prompt"], "additionalProperties": False}
+
+
 def markdown_table(limits: Limits = Limits(), defaults: Defaults = Defaults()) -> str:
     """The request reference as a Markdown table (the README embeds the built-in one)."""
     rows = ["| field | type | default | bounds | meaning |", "|---|---|---|---|---|"]

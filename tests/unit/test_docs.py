@@ -48,7 +48,7 @@ def _curl_bodies(text: str) -> list[str]:
 
 def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
     from handler.contract.fields import FIELDS
-    from jobs.gateway import JOB_FIELDS  # POST /generate's own fields beside the schema
+    from jobs.routers.submit import JOB_FIELDS  # POST /generate's own fields beside the schema
 
     errors = _readme_section("### Errors")
     texts = [(REPO_ROOT / "README.md").read_text().replace(errors, "")]

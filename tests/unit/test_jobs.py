@@ -12,8 +12,8 @@ import yaml
 
 from handler.contract.errors import ConfigError, InvalidRequest
 from jobs import webhooks
-from jobs.gateway import _prefer_wait
 from jobs.results import FilesystemStore
+from jobs.routers.submit import _prefer_wait
 from jobs.settings import JobSettings
 from jobs.views import job_view
 from scripts.torchserve_control import REPO_ROOT, tool
@@ -188,3 +188,22 @@ def test_the_job_manifests_agree_with_the_settings_and_the_model():
     assert lists == {f"saq:{settings.queue_name}:queued": per_pod, f"saq:{settings.queue_name}:active": per_pod}
     gateway = yaml.safe_load_all((JOBS_K8S / "gateway.yaml").read_text())
     assert "jobs.gateway" in next(gateway)["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_the_openapi_document_shows_the_request_schema_from_the_field_table(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from handler.contract.fields import FIELDS
+    from jobs.gateway import create_app
+    from jobs.routers.submit import JOB_FIELDS, TRANSPORT_FIELDS
+
+    settings = JobSettings(api_keys_file=str(tmp_path / "keys.json"), results_dir=str(tmp_path / "results"))
+    with TestClient(create_app(settings)) as client:
+        document = client.get("/openapi.json").json()
+        assert client.get("/docs").status_code == 200
+    body = document["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    drawn = set(FIELDS) - set(TRANSPORT_FIELDS) - {"preview_every"}
+    assert set(body["properties"]) == drawn | set(JOB_FIELDS) and body["required"] == ["prompt"]
+    assert body["properties"]["sampler"]["anyOf"][0]["enum"][0] == "euler"
+    assert "1..50" in body["properties"]["num_inference_steps"]["description"]  # tiny-sdxl.yaml's bound
+    assert {"/jobs/{job_id}", "/jobs/{job_id}/events", "/queue"} <= set(document["paths"])

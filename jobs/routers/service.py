@@ -1,0 +1,59 @@
+"""The service around the jobs: GET /queue, GET /healthz, GET /metrics, GET / (the web page)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+
+from .. import metrics
+from ..access import owner_of, services
+
+PAGE = Path(__file__).parent.parent / "page.html"
+
+router = APIRouter()
+
+
+@router.get("/queue", summary="Queue depth, throughput and the ETA model")
+async def queue_info(request: Request) -> JSONResponse:
+    owner_of(request)
+    queued, running = await services(request).queue.depth()
+    rate, mean_run = await services(request).state.throughput()
+    return JSONResponse(
+        {
+            "depth": queued,
+            "running": running,
+            "throughput_jobs_per_s": None if rate is None else round(rate, 4),
+            "mean_run_s": None if mean_run is None else round(mean_run, 3),
+            "estimated_drain_s": None if not rate else round(queued / rate, 1),
+            "eta_model": "estimated_time = (queue_position + 1) / throughput + mean_run_s, over the last 60 s",
+        }
+    )
+
+
+@router.get("/healthz", summary="Ready when Redis answers")
+async def healthz(request: Request) -> JSONResponse:
+    try:
+        await asyncio.wait_for(services(request).redis.ping(), timeout=2)
+    except Exception as exc:
+        return JSONResponse({"status": "unhealthy", "redis": repr(exc)[:200]}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics", summary="Prometheus metrics (cluster-wide, from Redis)")
+async def prometheus(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(await metrics.render(services(request)), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/", summary="The web page", include_in_schema=False)
+async def page() -> HTMLResponse:
+    return HTMLResponse(
+        PAGE.read_text(),
+        headers={
+            "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
+            "'unsafe-inline'; script-src 'self' 'unsafe-inline'",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
