@@ -1,7 +1,7 @@
 """The gateway: the job API over HTTP (FastAPI on uvicorn). Stateless: every fact lives in Redis, so any number
 of replicas serve the same jobs.
 
-Routes (README.md#async-jobs), one router per concern (jobs/routers/): POST /generate; GET/DELETE /jobs/{id},
+Routes (docs/jobs.md), one router per concern (jobs/routers/): POST /generate; GET/DELETE /jobs/{id},
 GET /jobs/{id}/events (SSE), WS /ws/jobs/{id}, GET /jobs/{id}/image, GET /jobs; GET /queue, GET /healthz,
 GET /metrics, GET / (the web page). The OpenAPI document (/openapi.json, /docs) shows the request schema
 generated from the contract's field table. Every error is a typed ServingError, answered in one place here.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .services import Services
 from .state import BUCKETS
 
-# name -> (type, help). The one list of the job API's series (README.md#async-jobs and the tests use it).
+# name -> (type, help). The one list of the job API's series (docs/jobs.md and the tests use it).
 SERIES = {
     "sdxl_jobs_submitted_total": ("counter", "Jobs accepted by POST /generate"),
     "sdxl_jobs_finished_total": ("counter", "Jobs finished, by status: completed, failed, canceled"),

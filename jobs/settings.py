@@ -18,7 +18,7 @@ RESULT_STORES = ("filesystem", "s3")
 
 @dataclass(frozen=True)
 class JobSettings:
-    """Every setting, with its default. README.md#async-jobs documents each.
+    """Every setting, with its default. docs/jobs.md documents each.
 
     Args:
         redis_url (`str`, defaults to ``redis://127.0.0.1:6379/0``): the queue and all job state.

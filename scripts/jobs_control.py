@@ -22,7 +22,7 @@ from scripts.torchserve_control import REPO_ROOT, free_port
 
 
 def redis_conf(port: int, folder: Path) -> str:
-    """The settings the job API relies on (README.md#async-jobs): AOF with fsync on every write, so an accepted
+    """The settings the job API relies on (docs/jobs.md): AOF with fsync on every write, so an accepted
     job survives a crash or restart of Redis; no eviction (jobs are data, not cache)."""
     return (
         "\n".join(

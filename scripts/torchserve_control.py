@@ -1,6 +1,6 @@
 """Start, wait for, query and stop a local TorchServe: shared by scripts/server.py and the integration tests.
 
-TorchServe facts this relies on (see README.md#configuration): ``torchserve --start`` returns at once and
+TorchServe facts this relies on (see docs/configuration.md): ``torchserve --start`` returns at once and
 its java child inherits stdout, so output goes to a log file, never a pipe; the pid file and unpacked
 models live under $TEMP, so each server gets its own TEMP; token keys are written to key_file.json in the
 directory the server starts in.

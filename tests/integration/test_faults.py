@@ -1,5 +1,5 @@
 """Faults against a real TorchServe: a worker killed mid-request, a batch over responseTimeout, a soak, and
-``torchserve --stop`` with requests in flight. What clients see is documented in README.md#reliability."""
+``torchserve --stop`` with requests in flight. What clients see is documented in docs/deploy.md#reliability."""
 
 from __future__ import annotations
 
