@@ -11,7 +11,6 @@ from handler.contract.fields import markdown_table
 from handler.contract.settings import HandlerSettings
 from tests.conftest import REPO_ROOT
 
-
 REQUESTS = REPO_ROOT / "docs" / "requests.md"
 CONFIGURATION = REPO_ROOT / "docs" / "configuration.md"
 
