@@ -34,6 +34,7 @@ import httpx
 import yaml
 from saq import Worker
 
+from handler.wire.events import ERROR, RELAYED, RESULT
 from sdxl_client.torchserve_keys import KeyRenewalFailed, TorchServeKeys, key_rejected
 
 from . import webhooks
@@ -183,12 +184,12 @@ class Dispatcher:
                 continue
             event = json.loads(line)
             kind = event.get("event")
-            if kind in ("progress", "preview"):
+            if kind in RELAYED:
                 await state.progress(job_id, event)
-            elif kind == "result":
+            elif kind == RESULT:
                 await self._completed(job_id, event)
                 return None
-            elif kind == "error":
+            elif kind == ERROR:
                 await state.transition(job_id, "failed", error=torchserve_error(event.get("code", 500), line))
                 return None
         if discard.is_set():

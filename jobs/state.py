@@ -15,6 +15,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from handler.wire.events import PROGRESS, STATUS
+
 TERMINAL = ("completed", "failed", "canceled")
 STATUSES = ("pending", "processing", *TERMINAL, "expired")
 # Seconds; the queue-wait and run-time histograms on /metrics.
@@ -25,8 +27,8 @@ _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'completed' or status == 'failed' or status == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 7))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', 'status', 'data', ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 8))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[7], 'data', ARGV[1])
 if ARGV[2] == 'pending' then redis.call('SADD', KEYS[6], KEYS[1]) else redis.call('SREM', KEYS[6], KEYS[1]) end
 if ARGV[3] == '1' then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
@@ -50,11 +52,11 @@ end
 local pending = redis.call('SCARD', KEYS[7])
 if pending >= tonumber(ARGV[5]) then return {'queue_full', tostring(pending)} end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'key_full', ''} end
-redis.call('HSET', KEYS[3], unpack(ARGV, 12))
+redis.call('HSET', KEYS[3], unpack(ARGV, 13))
 redis.call('SET', KEYS[4], ARGV[6])
 redis.call('SADD', KEYS[2], KEYS[3])
 redis.call('SADD', KEYS[7], KEYS[3])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', 'status', 'data', ARGV[7])
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', ARGV[12], 'data', ARGV[7])
 redis.call('HINCRBY', KEYS[6], 'submitted', 1)
 redis.call('ZADD', KEYS[8], ARGV[9], ARGV[11])
 redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -tonumber(ARGV[10]) - 1)
@@ -188,6 +190,7 @@ class JobState:
                 time.time(),
                 RECENT_JOBS,
                 job_id,
+                STATUS,
                 *pairs,
             ],
         )
@@ -234,6 +237,7 @@ class JobState:
                 self.result_ttl_s + self.expired_record_ttl_s,
                 self.result_ttl_s,
                 EVENTS_MAXLEN,
+                STATUS,
                 *pairs,
             ],
         )
@@ -244,7 +248,7 @@ class JobState:
     async def progress(self, job_id: str, event: dict[str, Any]) -> None:
         """A dispatcher's progress/preview event: into the log, and the latest step onto the record."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            if event.get("event") == "progress":
+            if event.get("event") == PROGRESS:
                 pipe.hset(
                     self.record_key(job_id),
                     mapping={
@@ -256,7 +260,7 @@ class JobState:
             data = {k: v for k, v in event.items() if k != "event"}
             pipe.xadd(
                 self.events_key(job_id),
-                {"event": event.get("event", "progress"), "data": json.dumps(data)},
+                {"event": event.get("event", PROGRESS), "data": json.dumps(data)},
                 maxlen=EVENTS_MAXLEN,
             )
             await pipe.execute()

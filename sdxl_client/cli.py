@@ -16,6 +16,8 @@ from pathlib import Path
 
 import requests
 
+from handler.wire.events import PREVIEW, PROGRESS, RESULT, STATUS
+
 from .client import APIError, SDXLClient
 from .jobs import JobsClient
 
@@ -134,14 +136,14 @@ def generate(args: argparse.Namespace) -> dict:
         args.previews.mkdir(parents=True, exist_ok=True)
     with tqdm(total=None, unit="step", desc="denoising", file=sys.stderr) as bar:
         for event in client.stream(body):
-            if event["event"] == "progress":
+            if event["event"] == PROGRESS:
                 bar.total = event["total_steps"]
                 bar.update(event["step"] - bar.n)
                 bar.set_postfix(eta=f"{event['eta_s']:.1f}s")
-            elif event["event"] == "preview":
+            elif event["event"] == PREVIEW:
                 path = args.previews / f"step-{event['step']:03d}.jpg"
                 path.write_bytes(base64.b64decode(event["images"][0]))
-            elif event["event"] == "result":
+            elif event["event"] == RESULT:
                 return event
     raise APIError(200, "the stream ended without a result")
 
@@ -181,11 +183,11 @@ def follow_job(client: JobsClient, job_id: str) -> dict:
 
         def show(event: dict) -> None:
             data = event["data"]
-            if event["event"] == "progress":
+            if event["event"] == PROGRESS:
                 bar.set_description("denoising")
                 bar.total = data["total_steps"]
                 bar.update(data["step"] - bar.n)
-            elif event["event"] == "status":
+            elif event["event"] == STATUS:
                 bar.set_postfix(status=data["status"])
 
         return client.wait(job_id, show)

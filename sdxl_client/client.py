@@ -11,6 +11,8 @@ from typing import Any
 
 import requests
 
+from handler.wire.events import ERROR, RESULT
+
 from .torchserve_keys import TorchServeKeys, key_rejected
 
 RETRY_STATUSES = {503}  # TorchServe: no worker ready yet, or the queue is full
@@ -109,8 +111,8 @@ class SDXLClient:
                     continue
                 event = json.loads(line)
                 if "event" not in event:  # a server answering in one piece (e.g. stream not supported)
-                    event = {"event": "result", **event}
-                if event["event"] == "error":
+                    event = {"event": RESULT, **event}
+                if event["event"] == ERROR:
                     raise APIError.from_payload(200, event, line.decode(errors="replace"))
                 yield event
 

@@ -14,6 +14,7 @@ from PIL import Image
 
 from handler.contract.request import IMAGE_CONTENT_TYPES
 from handler.contract.settings import HandlerSettings
+from handler.wire.events import PREVIEW, PROGRESS, event_line
 
 # A linear map from SDXL's 4 latent channels to RGB (the approximation previewers such as ComfyUI's use):
 # a preview costs a 4x3 matmul on a 1/8-size latent instead of a VAE decode.
@@ -75,22 +76,16 @@ def json_body(encoded_images: list[bytes], output_format: str, document: dict[st
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def event_line(event: dict[str, Any]) -> bytes:
-    return json.dumps(event, separators=(",", ":")).encode() + b"\n"
-
-
 def progress_event(state: Any) -> bytes:
     """``{"event": "progress", "step", "total_steps", "elapsed_s", "eta_s"}`` for a request's state."""
     elapsed = time.perf_counter() - state.started
     per_step = elapsed / max(state.step, 1)
     return event_line(
-        {
-            "event": "progress",
-            "step": state.step,
-            "total_steps": state.total_steps,
-            "elapsed_s": round(elapsed, 3),
-            "eta_s": round(per_step * (state.total_steps - state.step), 3),
-        }
+        PROGRESS,
+        step=state.step,
+        total_steps=state.total_steps,
+        elapsed_s=round(elapsed, 3),
+        eta_s=round(per_step * (state.total_steps - state.step), 3),
     )
 
 
@@ -109,7 +104,7 @@ def preview_event(state: Any) -> bytes:
         buffer = io.BytesIO()
         latent_preview(latents).save(buffer, format="JPEG", quality=70)
         previews.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return event_line({"event": "preview", "step": state.step, "content_type": "image/jpeg", "images": previews})
+    return event_line(PREVIEW, step=state.step, content_type="image/jpeg", images=previews)
 
 
 def step_events(state: Any) -> bytes:

@@ -20,6 +20,7 @@ from typing import Any
 from handler.contract.errors import ResponseTooLarge, as_serving_error, error_document
 from handler.contract.request import IMAGE_CONTENT_TYPES, GenerationRequest
 from handler.wire.encode import json_body
+from handler.wire.events import ERROR, RESULT, event_line
 
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
@@ -122,9 +123,9 @@ def success_reply(
 def final_event(reply: Reply) -> bytes:
     """A stream's last JSON line: ``{"event": "result", ...}`` or ``{"event": "error", code, type, message}``."""
     if reply.error is not None:
-        return _compact({"event": "error", **reply.json()["error"]}).encode() + b"\n"
+        return event_line(ERROR, **reply.json()["error"])
     # The success body is one JSON object holding the images: splice the event name in, no re-encoding.
-    return b'{"event":"result",' + reply.body[1:] + b"\n"
+    return b'{"event":"%s",' % RESULT.encode() + reply.body[1:] + b"\n"
 
 
 def final_reply(outcome: Reply, request: GenerationRequest, events: bytes, committed: bool) -> Reply:

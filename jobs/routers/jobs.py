@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response, Streamin
 from saq import Status
 
 from handler.contract.errors import InvalidRequest, ServingError, error_document
+from handler.wire.events import STATUS
 
 from ..access import owned_record, owner_of, services, view
 from ..errors import Conflict, Expired, NotReady
@@ -139,7 +140,7 @@ async def follow(jobs: Services, job_id: str, after: str):
         for entry_id, kind, data in entries:
             after = entry_id
             yield entry_id, kind, data
-            if kind == "status" and data.get("status") in TERMINAL:
+            if kind == STATUS and data.get("status") in TERMINAL:
                 return
         if entries:
             idle_since = time.monotonic()

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from handler.contract.decode import parse_json_text
 from handler.contract.errors import InvalidRequest
 from handler.contract.parse import parse_request
+from handler.wire.events import STATUS
 
 from .. import webhooks
 from ..access import owner_of, services, view
@@ -183,6 +184,6 @@ async def _wait_terminal(state, job_id: str, wait_s: float) -> dict[str, str]:
     while (left := deadline - time.monotonic()) > 0:
         for entry_id, kind, data in await state.events(job_id, after, block_ms=max(int(left * 1000), 1)):
             after = entry_id
-            if kind == "status" and data.get("status") in TERMINAL:
+            if kind == STATUS and data.get("status") in TERMINAL:
                 return await state.record(job_id)
     return await state.record(job_id)
