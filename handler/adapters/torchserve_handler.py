@@ -9,6 +9,7 @@ requires exactly one class defined here.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Any
 
@@ -39,6 +40,8 @@ class StableDiffusionXLHandler(BaseHandler):
             properties["model_dir"], getattr(context, "model_yaml_config", None), gpu_id=properties.get("gpu_id")
         )
         self._record(context, startup_observations(tuple(error.__name__ for error in CLIENT_VISIBLE_ERRORS)))
+        # TorchServe has no unload hook for a handler: the worker process ends, so close the core as it exits.
+        atexit.register(self.core.close)
         self.initialized = True
 
     def preprocess(self, data: list[Any]) -> Any:

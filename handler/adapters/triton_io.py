@@ -12,7 +12,6 @@ The Triton adapter (``triton/model.py``) only moves tensors in and out through t
 from __future__ import annotations
 
 import base64
-import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -85,11 +84,11 @@ def reply_outputs(reply: Reply) -> dict[str, np.ndarray] | TritonFailure:
     if reply.error is not None:
         document = reply.json()["error"]
         return TritonFailure(TRITON_CODES.get(reply.code, "INTERNAL"), json.dumps(document))
-    from PIL import Image
-
     document = reply.json()
     encoded = base64.b64decode(document["images"][0])
-    pixels = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"), dtype=np.uint8)
+    if reply.images is None:
+        raise ValueError("Triton's core must keep the decoded images: build_core(..., keep_images=True)")
+    pixels = np.asarray(reply.images[0].convert("RGB"), dtype=np.uint8)
     return {
         "image": pixels[None],
         "image_bytes": np.array([[encoded]], dtype=object),

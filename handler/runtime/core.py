@@ -72,6 +72,8 @@ class ServingCore(Protocol):
     def run(self, call: Call, emit: Emitter | None = None) -> Call: ...
     def render(self, call: Call) -> list[Reply]: ...
     def metrics(self, call: Call, replies: list[Reply]) -> list[Observation]: ...
+    def handle(self, rows: list[Any]) -> list[Reply]: ...
+    def close(self) -> None: ...
 
 
 class Core:
@@ -82,9 +84,17 @@ class Core:
         settings (`HandlerSettings`): request defaults and bounds, batching mode, encoding settings.
         seed_source (`Callable[[], int]`, defaults to a cryptographic RNG): draws seeds for requests
             that give none.
+        keep_images (`bool`, defaults to False): replies carry their decoded images too (``Reply.images``), for
+            an adapter that sends pixels (Triton) instead of the encoded bytes.
     """
 
-    def __init__(self, loaded: LoadedPipeline, settings: HandlerSettings, seed_source: Callable[[], int] = draw_seed):
+    def __init__(
+        self,
+        loaded: LoadedPipeline,
+        settings: HandlerSettings,
+        seed_source: Callable[[], int] = draw_seed,
+        keep_images: bool = False,
+    ):
         self.loaded = loaded
         self.settings = settings
         self.seed_source = seed_source
@@ -102,7 +112,11 @@ class Core:
         )
         side = SideWorker(loaded.device, overlap=settings.overlaps_side_work(loaded.device.type))
         self.engine = Engine(
-            self.denoiser, settings.max_images_per_call, side, encode=lambda images: encode_many(images, settings)
+            self.denoiser,
+            settings.max_images_per_call,
+            side,
+            encode=lambda images: encode_many(images, settings),
+            keep_images=keep_images,
         )
         self.flights: dict[str, Flight] = {}  # request id -> its flight, for every request in the engine
         self.calls = 0
@@ -218,8 +232,15 @@ class Core:
         return call_metrics(call.size, call.ended, call.disconnected, self.gpu_memory_bytes(), events, loaded)
 
     def handle(self, rows: list[Any], accepts: Any = None, emit: Emitter | None = None, ids: Any = None) -> list[Reply]:
-        """parse -> run -> render in one call (tests, benchmarks)."""
+        """parse -> run -> render in one call (Triton, tests, benchmarks)."""
         return self.render(self.run(self.parse(rows, accepts, ids), emit))
+
+    def close(self) -> None:
+        """Forget every request in flight and stop the engine's side worker; adapters call it on unload."""
+        for flight in self.flights.values():
+            self.engine.release(flight.request)
+        self.flights.clear()
+        self.engine.close()
 
     # -- around the stages --------------------------------------------------------------------------
 
@@ -292,6 +313,7 @@ class Core:
                 flight.timings_ms,
                 self._accounting(call, flight),
                 self.settings.max_response_bytes,
+                images=flight.images,
             )
         except Exception as exc:
             return error_reply(exc)
@@ -330,10 +352,12 @@ def warmup_img2img(request: GenerationRequest) -> GenerationRequest:
     return replace(request, image=image, strength=1.0, resize_mode="none")
 
 
-def build_core(model_dir: str, model_yaml: dict[str, Any] | None, gpu_id: int | None = None) -> Core:
+def build_core(
+    model_dir: str, model_yaml: dict[str, Any] | None, gpu_id: int | None = None, keep_images: bool = False
+) -> Core:
     """The core the model yaml describes, on the pipeline its ``handler.model_path`` names (else the one in
-    ``model_dir``), warmed up."""
+    ``model_dir``), warmed up (``keep_images``: see :class:`Core`)."""
     settings = HandlerSettings.from_yaml(model_yaml)
-    core = Core(load_pipeline(settings.model_path or model_dir, settings, gpu_id), settings)
+    core = Core(load_pipeline(settings.model_path or model_dir, settings, gpu_id), settings, keep_images=keep_images)
     core.warmup()
     return core

@@ -62,6 +62,7 @@ class Flight:
     events: list[bytes] = field(default_factory=list)  # stream lines not sent yet
     done: bool = False
     outcome: list[Any] | BaseException | None = None  # its (encoded) images, or why it has none
+    images: list[Any] | None = None  # its decoded images too, for an adapter that sends pixels (keep_images)
 
     @property
     def request(self) -> GenerationRequest:
@@ -89,13 +90,23 @@ class Engine:
         side (`SideWorker`): runs the finishers' decode and encode (beside the steps, or inline).
         encode (`Encoder`, defaults to None): turns decoded images into bytes; None keeps the PIL images
             (in-process benchmarks).
+        keep_images (`bool`, defaults to False): keep each request's decoded images beside the encoded ones
+            (``Flight.images``), for an adapter that sends pixels (Triton).
     """
 
-    def __init__(self, denoiser: Denoiser, max_images_per_call: int, side: SideWorker, encode: Encoder | None = None):
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        max_images_per_call: int,
+        side: SideWorker,
+        encode: Encoder | None = None,
+        keep_images: bool = False,
+    ):
         self.denoiser = denoiser
         self.max_images_per_call = max_images_per_call
         self.side = side
         self.encode = encode
+        self.keep_images = keep_images
         # UNet rows per forward that fit, per image size, learned from out-of-memory splits.
         self.row_caps: dict[GroupKey, int] = {}
 
@@ -151,6 +162,10 @@ class Engine:
             self._collect(flights, wait=True)
         self._collect(flights, wait=False)
         return steps
+
+    def close(self) -> None:
+        """Stop the side worker (its thread and CUDA stream); the engine takes no more requests."""
+        self.side.shutdown()
 
     def generate(self, requests: list[GenerationRequest]) -> list[list[Any] | BaseException]:
         """Run ``requests`` together to the end: per request, its images or why it has none (warmup, benchmarks)."""
@@ -295,12 +310,13 @@ class Engine:
             decoded = [self._decode_alone(state) for state in states]
         decoded_at = time.perf_counter()
         timings = {Stage.VAE_DECODE: (decoded_at - started) * 1000}
+        pictures = decoded if self.keep_images else [None] * len(decoded)
         if self.encode is not None:
             images = {i: (f.request, d) for i, (f, d) in enumerate(zip(flights, decoded, strict=True))}
             encoded = self.encode({i: item for i, item in images.items() if isinstance(item[1], list)})
             decoded = [encoded.get(i, d) for i, d in enumerate(decoded)]
             timings[Stage.ENCODE_IMAGE] = (time.perf_counter() - decoded_at) * 1000
-        return {id(f): (d, timings) for f, d in zip(flights, decoded, strict=True)}
+        return {id(f): (d, timings, p) for f, d, p in zip(flights, decoded, pictures, strict=True)}
 
     def _decode_alone(self, state: RequestState) -> list[Any] | BaseException:
         try:
@@ -313,7 +329,8 @@ class Engine:
         for flight, job in self._finished_jobs(flights, "pending", wait):
             flight.done = True
             try:
-                flight.outcome, timings = job.result()[id(flight)]
+                flight.outcome, timings, pictures = job.result()[id(flight)]
+                flight.images = pictures if isinstance(pictures, list) else None
                 flight.timings_ms.update(timings)
             except Exception as exc:  # this request's error
                 flight.outcome = exc

@@ -48,6 +48,7 @@ class Reply:
     stop: bool | None = None
     error: str | None = None  # the error's type name; None for a success
     code: int = 200
+    images: list[Any] | None = None  # a success's decoded images, when the core keeps them (Triton's pixels)
 
     @property
     def outcome(self) -> str:
@@ -95,8 +96,10 @@ def success_reply(
     timings_ms: dict[str, float],
     batch: dict[str, Any],
     max_bytes: int,
+    images: list[Any] | None = None,
 ) -> Reply:
-    """A request's images: one JSON document, or one raw image with X- headers.
+    """A request's images: one JSON document, or one raw image with X- headers (``images``, the decoded ones,
+    ride along for an adapter that sends pixels).
 
     Raises:
         ResponseTooLarge: past ``max_bytes`` (TorchServe kills a worker that sends more than it allows).
@@ -117,6 +120,7 @@ def success_reply(
             f"response of {len(reply.body)} bytes exceeds max_response_bytes={max_bytes}; "
             "ask for jpeg or webp, fewer images or a smaller size"
         )
+    reply.images = images
     return reply
 
 

@@ -287,3 +287,14 @@ def test_out_of_memory_splits_the_group_and_only_a_request_failing_alone_gets_50
     roomy = Core(tiny_loaded, tiny_settings).handle([rows[0], rows[3]])
     assert replies[0].json()["images"] == roomy[0].json()["images"]
     assert replies[3].json()["images"] == roomy[1].json()["images"]
+
+
+def test_close_forgets_the_requests_in_flight_and_stops_the_side_worker(tiny_loaded, tiny_settings):
+    core = Core(tiny_loaded, tiny_settings.with_changes(continuous=True, overlap_side_work=True))
+    call = core.parse([{"body": b'{"prompt": "left running", "num_inference_steps": 8}'}], None, ["a"])
+    core.run(call)
+    assert list(core.flights) == ["a"] and core.engine.side.executor is not None
+    core.close()
+    assert core.flights == {}
+    with pytest.raises(RuntimeError):  # a stopped executor takes no more work
+        core.engine.side.executor.submit(lambda: None)

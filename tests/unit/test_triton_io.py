@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from handler.adapters.triton_io import OUTPUTS, TritonFailure, request_row, serve
 from handler.contract.errors import InvalidRequest
+from handler.runtime.core import Core
 
 
 def strings(*values: str) -> np.ndarray:
@@ -38,7 +41,8 @@ def test_inputs_that_cannot_make_a_request_name_the_field(parameters, field):
     assert raised.value.field == field
 
 
-def test_a_batch_gets_outputs_for_good_requests_and_its_own_error_for_a_bad_one(core):
+def test_a_batch_gets_outputs_for_good_requests_and_its_own_error_for_a_bad_one(tiny_loaded, tiny_settings):
+    core = Core(tiny_loaded, tiny_settings, keep_images=True)  # as build_core makes Triton's
     results = serve(
         core,
         [
@@ -51,6 +55,10 @@ def test_a_batch_gets_outputs_for_good_requests_and_its_own_error_for_a_bad_one(
     good, bad, refused, also_good = results
     assert set(good) == set(OUTPUTS) and good["image"].shape == (1, 64, 64, 3) and good["image"].dtype == np.uint8
     assert good["image_bytes"][0][0].startswith(b"\x89PNG") and also_good["seed"][0][0] == 5
+    # the pixels are the decoded image itself, the PNG its lossless encoding
+    png = np.asarray(Image.open(io.BytesIO(good["image_bytes"][0][0])).convert("RGB"))
+    assert np.array_equal(good["image"][0], png)
+    core.close()
     assert json.loads(good["batch"][0][0])["requests"] == 3  # the refused one never reached the core
     for failure, field in ((bad, "width"), (refused, "stream")):
         assert isinstance(failure, TritonFailure) and failure.code == "INVALID_ARG"

@@ -21,7 +21,8 @@ class TritonPythonModel:
         model_yaml = yaml.safe_load((Path(args["model_repository"]) / "model.yaml").read_text())
         model_yaml["continuousBatching"] = False  # Triton's dynamic batcher hands over whole batches
         gpu = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else None
-        self.core = build_core(args["model_repository"], model_yaml, gpu)  # loads and warms up
+        # loads and warms up; replies keep the decoded images, so `image` is pixels, not our PNG decoded back
+        self.core = build_core(args["model_repository"], model_yaml, gpu, keep_images=True)
 
     def execute(self, requests):
         inputs = []
@@ -39,4 +40,4 @@ class TritonPythonModel:
         return responses
 
     def finalize(self):
-        self.core.engine.side.shutdown()
+        self.core.close()
