@@ -57,7 +57,7 @@ def make_engine(loaded) -> Engine:
 
 # from tests/unit/test_generation.py
 def max_diff(a, b) -> int:
-    return int(np.abs(pixels(a) - pixels(b)).max())
+    return int(np.abs(image_pixels(a) - image_pixels(b)).max())
 
 
 # from tests/unit/test_generation.py
@@ -145,8 +145,13 @@ class Frontend:
 
 
 # from tests/unit/test_continuous.py
-def pixels(body: dict) -> np.ndarray:
+def body_pixels(body: dict) -> np.ndarray:
+    """The first image of a JSON response body, as int16 pixels."""
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][0]))), dtype=np.int16)
+
+
+def image_pixels(image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
 
 
 # from tests/unit/test_lora_catalogue.py

@@ -20,6 +20,7 @@ import torch
 
 from handler.contract.errors import InvalidRequest, NonFiniteImage
 from handler.contract.request import GenerationRequest
+from handler.model import vae
 from handler.model.conditioning import encode_conditioning
 from handler.model.init_latents import Inpainting, LatentPreparer
 from handler.model.lora_routing import Route
@@ -386,14 +387,14 @@ class Denoiser:
         not finite (NaN/inf: a black image) is decoded again with the VAE in float32; if that fails too, its
         outcome is a :class:`NonFiniteImage` error and the others keep their images."""
         latents = torch.cat([s.latents for s in states])
-        decoded = self._vae_decode(latents, force_float32=False)
+        decoded = vae.decode(self.pipeline.vae, latents)
         slices, start = [], 0
         for state in states:
             slices.append(slice(start, start + state.images))
             start += state.images
         bad = [i for i, rows in enumerate(slices) if not torch.isfinite(decoded[rows]).all()]
         if bad:
-            again = self._vae_decode(torch.cat([latents[slices[i]] for i in bad]), force_float32=True)
+            again = vae.decode(self.pipeline.vae, torch.cat([latents[slices[i]] for i in bad]), force_float32=True)
             decoded, offset = decoded.float(), 0
             for i in bad:
                 count = slices[i].stop - slices[i].start
@@ -407,27 +408,3 @@ class Denoiser:
             else:
                 result.append(NonFiniteImage("the VAE decoded NaN/inf values even in float32 (a black image)"))
         return result
-
-    def _vae_decode(self, latents: torch.Tensor, force_float32: bool) -> torch.Tensor:
-        vae = self.pipeline.vae
-        # SDXL's VAE overflows in float16: decode in float32 when its config asks (as the pipeline does),
-        # or when a first decode came out non-finite.
-        original = vae.dtype
-        upcast = original != torch.float32 and (
-            force_float32 or (original == torch.float16 and vae.config.force_upcast)
-        )
-        if upcast:
-            vae.to(dtype=torch.float32)
-        latents = latents.to(next(iter(vae.post_quant_conv.parameters())).dtype)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std / vae.config.scaling_factor + mean
-        else:
-            latents = latents / vae.config.scaling_factor
-        try:
-            return vae.decode(latents, return_dict=False)[0]
-        finally:
-            if upcast:
-                vae.to(dtype=original)

@@ -26,6 +26,8 @@ import torch
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
+from handler.model import vae
+
 
 @dataclass
 class Inpainting:
@@ -134,34 +136,17 @@ class LatentPreparer:
         return (request.num_images_per_prompt, channels, request.height // factor, request.width // factor)
 
     def _encode_dtype(self) -> torch.dtype:
-        vae = self.pipeline.vae
-        return torch.float32 if vae.config.force_upcast else vae.dtype
+        return vae.encode_dtype(self.pipeline.vae)
 
     @torch.inference_mode()
     def _encode(self, pixels: torch.Tensor, dtype: torch.dtype) -> Any:
-        """The VAE's latent distribution of one image (float32 when the VAE's config asks, as the pipelines)."""
-        vae = self.pipeline.vae
-        pixels = pixels.to(self.device, dtype)  # through the model's dtype first, as the pipelines do
-        original = vae.dtype
-        upcast = vae.config.force_upcast and original != torch.float32
-        if upcast:
-            vae.to(dtype=torch.float32)
-        try:
-            return vae.encode(pixels.to(self._encode_dtype())).latent_dist
-        finally:
-            if upcast:
-                vae.to(dtype=original)
+        """The VAE's latent distribution of one image; through the model's dtype first, as the pipelines do."""
+        return vae.encode(self.pipeline.vae, pixels.to(self.device, dtype))
 
     def _sample(self, distribution: Any, generators: list, dtype: torch.dtype) -> torch.Tensor:
         """One latent sample per generator, scaled into the UNet's latent space."""
-        vae = self.pipeline.vae
         latents = torch.cat([distribution.sample(generator) for generator in generators]).to(dtype)
-        mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(latents.device, dtype)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(latents.device, dtype)
-            return (latents - mean) * vae.config.scaling_factor / std
-        return latents * vae.config.scaling_factor
+        return vae.into_unet_space(self.pipeline.vae, latents)
 
     def _blank_key(self, request: Any) -> tuple[int, int]:
         return (request.height, request.width)

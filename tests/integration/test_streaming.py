@@ -78,7 +78,9 @@ def test_a_batch_mixing_streamed_and_plain_requests(server):
 
 
 def test_a_stream_that_fails_ends_with_an_error_event(server):
-    response, events = streamed(server, {"prompt": "x", "num_inference_steps": 50, "timeout_s": 0.3})
+    # 50 steps at 256 px take seconds; the first step well under the 1 s budget, even on a loaded machine.
+    body = {"prompt": "x", "num_inference_steps": 50, "width": 256, "height": 256, "timeout_s": 1.0}
+    response, events = streamed(server, body)
     assert response.status_code == 200
     assert events[0]["event"] == "progress"
     assert events[-1]["event"] == "error" and events[-1]["code"] == 504

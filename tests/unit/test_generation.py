@@ -9,7 +9,7 @@ import torch
 
 from handler.contract.errors import TimeBudgetExceeded
 from handler.contract.parse import parse_request
-from tests.helpers import make_engine, max_diff, pipeline_image
+from tests.helpers import image_pixels, make_engine, max_diff, pipeline_image
 
 
 @pytest.fixture
@@ -23,10 +23,6 @@ def make(tiny_settings):
 @pytest.fixture(scope="module")
 def engine(tiny_loaded):
     return make_engine(tiny_loaded)
-
-
-def pixels(image) -> np.ndarray:
-    return np.asarray(image, dtype=np.int16)
 
 
 def run(engine, requests):
@@ -80,7 +76,7 @@ def test_seed_prompt_and_negative_prompt_each_change_the_image(engine, make):
     variants = [replace(base, seed=8), replace(base, prompt="a blue dog"), replace(base, negative_prompt="ugly")]
     images = run(engine, [base, *variants])
     for variant_images in images[1:]:
-        assert np.abs(pixels(images[0][0]) - pixels(variant_images[0])).mean() > 1
+        assert np.abs(image_pixels(images[0][0]) - image_pixels(variant_images[0])).mean() > 1
 
 
 def test_images_have_the_requested_size(engine, make):
@@ -127,7 +123,7 @@ def test_a_non_finite_decode_is_retried_with_the_vae_in_float32(tiny_model_dir, 
     outcomes = run(engine, requests)
     assert all(isinstance(o, list) for o in outcomes)  # the NaN one was decoded again in float32
     assert loaded.pipeline.vae.dtype == torch.bfloat16  # and the VAE went back to its dtype
-    assert pixels(outcomes[0][0]).max() > 0
+    assert image_pixels(outcomes[0][0]).max() > 0
 
     monkeypatch.undo()
     _nan_decodes(monkeypatch, loaded.pipeline.vae, when=lambda vae: True)
