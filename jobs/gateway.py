@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from handler.contract.errors import ServingError, error_document
-from handler.contract.fields import json_schema
 from handler.contract.prompts import PromptTokenizers
+from handler.contract.reference import json_schema
 from handler.contract.settings import HandlerSettings
 
 from .routers import jobs, service, submit

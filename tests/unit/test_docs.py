@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from handler.contract.fields import markdown_table
+from handler.contract.reference import markdown_table
 from handler.contract.settings import HandlerSettings
 from tests.conftest import REPO_ROOT
 
