@@ -25,7 +25,8 @@ import yaml
 from bench.direct import bench_request, direct_engine
 from bench.full_sdxl import build_full_size_pipeline, tflop_per_image
 from bench.loadgen import closed_loop, summarize
-from bench.run import machine_info, served_sender
+from bench.run import served_sender
+from bench.variants import machine_info
 from handler.contract.parse import parse_request
 from scripts.build_archive import build_archive
 from scripts.torchserve_control import TorchServe, loopback_addresses, write_config

@@ -22,7 +22,8 @@ from pathlib import Path
 import requests
 
 from bench.loadgen import Sample, closed_loop, percentile, summarize
-from bench.run import REPO_ROOT, machine_info, served_sender
+from bench.run import REPO_ROOT, served_sender
+from bench.variants import machine_info
 from scripts.build_archive import build_archive
 from scripts.torchserve_control import MODEL_NAME, TorchServe, loopback_addresses, write_config
 from tests.integration.jobs_stack import JobStack, parse_sse

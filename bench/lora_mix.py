@@ -28,7 +28,8 @@ import psutil
 from bench.direct import bench_request
 from bench.loadgen import closed_loop, summarize
 from bench.lora_overhead import make_lora
-from bench.run import REPO_ROOT, build_variant, machine_info, model_yaml, served_sender
+from bench.run import REPO_ROOT, served_sender
+from bench.variants import build_variant, machine_info, model_yaml
 from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
 
 VARIANTS = {  # name: (batchSize, handler settings, uses LoRAs)

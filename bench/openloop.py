@@ -230,7 +230,7 @@ def model_yamls(base: Path, args: argparse.Namespace) -> dict[str, dict]:
     """The model yamls: the base config at batchSize B and maxBatchDelay; continuous adds
     ``continuousBatching: true``, its own maxBatchDelay, ``handler.steps_per_call`` and
     ``handler.overlap_side_work``."""
-    from bench.run import model_yaml
+    from bench.variants import model_yaml
 
     static = model_yaml(base, args.batch_size, args.max_batch_delay, args.size, args.size, min(args.steps_mix))
     continuous = copy.deepcopy(static)
@@ -254,7 +254,7 @@ def timed_run(server, mode: str, steps: list[int], offsets: list[float], size: i
 
 def run(args: argparse.Namespace) -> dict:
     """Build, serve, measure capacity, run every (round, load, mode), write results.json and chart.png."""
-    from bench.run import build_variant, machine_info
+    from bench.variants import build_variant, machine_info
     from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
 
     out = Path(args.out)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from bench.direct import bench_request
 from bench.loadgen import Sample, closed_loop, summarize
-from bench.run import REPO_ROOT, machine_info, model_yaml, served_sender
+from bench.run import REPO_ROOT, served_sender
+from bench.variants import machine_info, model_yaml
 from scripts.build_archive import build_archive
 from scripts.torchserve_control import MODEL_NAME, TorchServe, loopback_addresses, write_config
 from scripts.triton_server import infer, start
