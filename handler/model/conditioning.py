@@ -31,11 +31,40 @@ def time_ids(pipeline: Any, request: GenerationRequest, dtype: torch.dtype, nega
     )
 
 
+def refiner_time_ids(refiner: Any, request: GenerationRequest, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The refiner's (positive, negative) time ids: sizes with aesthetic scores instead of the target size, the
+    refiner pipeline's own ``_get_add_time_ids`` (the negative sizes follow the positive ones unless set)."""
+    size = (request.height, request.width)
+    original, target = request.original_size or size, request.target_size or size
+    return refiner._get_add_time_ids(
+        tuple(original),
+        tuple(request.crops_coords_top_left),
+        tuple(target),
+        request.aesthetic_score,
+        request.negative_aesthetic_score,
+        tuple(request.negative_original_size or original),
+        tuple(request.negative_crops_coords_top_left),
+        tuple(request.negative_target_size or target),
+        dtype=dtype,
+        text_encoder_projection_dim=refiner.text_encoder_2.config.projection_dim,
+    )
+
+
 def encode_conditioning(
-    pipeline: Any, device: torch.device, request: GenerationRequest, guidance: bool
+    pipeline: Any, device: torch.device, request: GenerationRequest, guidance: bool, refiner: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prompt embeddings, pooled embeddings and time ids, rows ``[negative..., positive...]`` with guidance.
-    An empty negative prompt gives zero embeddings (the pipeline's rule)."""
+    """Prompt embeddings, pooled embeddings and time ids, rows ``[negative..., positive...]`` with guidance, for
+    the base (``StableDiffusionXLPipeline``) or, with ``refiner``, the refiner (its img2img pipeline: only
+    ``text_encoder_2``, aesthetic-score time ids). An empty negative prompt gives zero embeddings (the
+    pipelines' rule).
+
+    Args:
+        pipeline (`Any`): the base pipeline, or the refiner's.
+        device (`torch.device`): where the rows go.
+        request (`GenerationRequest`): the request's texts and micro-conditioning.
+        guidance (`bool`): classifier-free guidance: negative rows first.
+        refiner (`bool`, defaults to False): ``pipeline`` is the refiner's.
+    """
     images = request.num_images_per_prompt
     embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(
         prompt=request.prompt,
@@ -46,9 +75,13 @@ def encode_conditioning(
         negative_prompt=request.negative_prompt or None,
         negative_prompt_2=request.negative_prompt_2 or None,
     )
-    positive_ids = time_ids(pipeline, request, embeds.dtype, negative=False).repeat(images, 1)
+    if refiner:
+        positive_ids, negative_ids = refiner_time_ids(pipeline, request, embeds.dtype)
+    else:
+        positive_ids = time_ids(pipeline, request, embeds.dtype, negative=False)
+        negative_ids = time_ids(pipeline, request, embeds.dtype, negative=True) if guidance else None
+    ids = positive_ids.repeat(images, 1)
     if guidance:
-        negative_ids = time_ids(pipeline, request, embeds.dtype, negative=True).repeat(images, 1)
         embeds, pooled = torch.cat([negative, embeds]), torch.cat([negative_pooled, pooled])
-        positive_ids = torch.cat([negative_ids, positive_ids])
-    return embeds.to(device), pooled.to(device), positive_ids.to(device)
+        ids = torch.cat([negative_ids.repeat(images, 1), ids])
+    return embeds.to(device), pooled.to(device), ids.to(device)

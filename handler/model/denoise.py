@@ -24,7 +24,7 @@ from handler.model import vae
 from handler.model.conditioning import encode_conditioning
 from handler.model.init_latents import Inpainting, LatentPreparer
 from handler.model.lora_routing import Route
-from handler.model.refiner import base_part, refiner_conditioning, refiner_part
+from handler.model.refiner import base_part, refiner_part
 from handler.model.scheduling import build_scheduler
 from handler.runtime.stages import Stage
 
@@ -259,7 +259,7 @@ class Denoiser:
             )
         guidance = request.guidance_scale > 1 and self.refiner.unet.config.time_cond_proj_dim is None
         with self._text_loras(request):
-            embeds, pooled, time_ids = refiner_conditioning(self.refiner, self.device, request, guidance)
+            embeds, pooled, time_ids = encode_conditioning(self.refiner, self.device, request, guidance, refiner=True)
         step_kwargs = scheduler_step_kwargs(scheduler, state.generators, request.eta)
         state.later = LaterStage(guidance, embeds, pooled, time_ids, scheduler, timesteps, step_kwargs)
 
