@@ -19,8 +19,9 @@ from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.contract.errors import CLIENT_VISIBLE_ERRORS
-from handler.runtime.core import ServingCore, build_core
+from handler.runtime.core import ServingCore
 from handler.runtime.metrics import Observation, startup_observations
+from handler.runtime.startup import build_core
 from handler.wire.replies import NDJSON, Reply
 
 log = logging.getLogger(__name__)

@@ -29,13 +29,14 @@ from handler.contract.parse import parse_request
 from handler.contract.prompts import PromptTokenizers
 from handler.contract.request import MAX_SEED, Defaults, GenerationRequest, Limits
 from handler.contract.settings import HandlerSettings
-from handler.model.denoise import Denoiser, image_seeds
-from handler.model.loading import LoadedPipeline, load_pipeline
+from handler.contract.stages import Stage
+from handler.model.denoise import Denoiser
+from handler.model.loading import LoadedPipeline
 from handler.model.lora_catalogue import LoraCatalogue
+from handler.model.request_state import image_seeds
 from handler.runtime.engine import Engine, Flight
 from handler.runtime.metrics import Observation, call_metrics
 from handler.runtime.side_work import SideWorker
-from handler.runtime.stages import Stage
 from handler.wire.encode import encode_many
 from handler.wire.replies import Reply, chunk_reply, error_reply, final_reply, success_reply
 
@@ -244,28 +245,6 @@ class Core:
 
     # -- around the stages --------------------------------------------------------------------------
 
-    def warmup(self) -> list[float]:
-        """Generate once at every configured warmup shape, then once from an init image at the first shape (the
-        VAE encoder's first call) and, with a refiner, once handed over to it, so the first user request is fast."""
-        seconds, requests = [], []
-        for shape in self.settings.warmup_shapes():
-            body = {"prompt": "warmup", "seed": 0, "width": shape.width, "height": shape.height}
-            request = parse_request({**body, "num_inference_steps": shape.num_inference_steps}, *self._bounds)
-            requests.append((str(shape), [request] * shape.batch_images))
-        requests.append(("img2img", [warmup_img2img(requests[0][1][0])]))
-        if self.loaded.refiner is not None:
-            first = requests[0][1][0]
-            body = {"prompt": "warmup", "seed": 0, "width": first.width, "height": first.height}
-            refined = {**body, "num_inference_steps": 4, "denoising_end": 0.5}
-            requests.append(("refiner", [parse_request(refined, *self._bounds)]))
-        for name, batch in requests:
-            started = time.perf_counter()
-            self.engine.generate(batch)
-            self.engine.row_caps.clear()
-            seconds.append(time.perf_counter() - started)
-            log.info("warmup %s: %.2f s", name, seconds[-1])
-        return seconds
-
     @property
     def _bounds(self) -> tuple[Limits, Defaults]:
         return self.settings.limits, self.settings.defaults
@@ -339,25 +318,3 @@ class Core:
             "group_images": flight.group["images"],
             "unet_forwards": flight.state.forwards,
         }
-
-
-def warmup_img2img(request: GenerationRequest) -> GenerationRequest:
-    """``request`` from a grey init image of its size, at strength 1 (every step runs)."""
-    from PIL import Image
-
-    from handler.contract.images import InputImage
-
-    size = (request.width, request.height)
-    image = InputImage(Image.new("RGB", size, (128, 128, 128)), "warmup", "PNG", 0, *size)
-    return replace(request, image=image, strength=1.0, resize_mode="none")
-
-
-def build_core(
-    model_dir: str, model_yaml: dict[str, Any] | None, gpu_id: int | None = None, keep_images: bool = False
-) -> Core:
-    """The core the model yaml describes, on the pipeline its ``handler.model_path`` names (else the one in
-    ``model_dir``), warmed up (``keep_images``: see :class:`Core`)."""
-    settings = HandlerSettings.from_yaml(model_yaml)
-    core = Core(load_pipeline(settings.model_path or model_dir, settings, gpu_id), settings, keep_images=keep_images)
-    core.warmup()
-    return core

@@ -26,10 +26,11 @@ from typing import Any
 
 from handler.contract.errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
 from handler.contract.request import GenerationRequest
-from handler.model.denoise import Denoiser, RequestState
+from handler.contract.stages import Stage
+from handler.model.denoise import Denoiser
+from handler.model.request_state import RequestState
 from handler.runtime.batching import Group, GroupKey, group_requests
 from handler.runtime.side_work import SideWorker
-from handler.runtime.stages import Stage
 from handler.wire.encode import step_events
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from handler.runtime.stages import Stage
+from handler.contract.stages import Stage
 
 # TorchServe appends these two dimensions to every model metric (and Hostname on the frontend side).
 DEFAULT_DIMENSIONS = ("ModelName", "Level")

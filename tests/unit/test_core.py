@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from handler.runtime.core import Core
+from handler.runtime.startup import warm_up
 from tests.helpers import count_unet_forwards, decode_images
 
 
@@ -167,11 +168,11 @@ def test_warmup_runs_every_configured_shape(tiny_loaded, tiny_settings):
 
     shapes = (WarmupShape(64, 64, 1, 1), WarmupShape(96, 32, 2, 2))
     warm = Core(tiny_loaded, tiny_settings.with_changes(warmup=shapes))
-    assert len(warm.warmup()) == 3  # the two shapes, then img2img at the first (the VAE encoder)
+    assert len(warm_up(warm)) == 3  # the two shapes, then img2img at the first (the VAE encoder)
 
 
 def test_build_core_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
-    from handler.runtime.core import build_core
+    from handler.runtime.startup import build_core
 
     warmup = [{"width": 64, "height": 64, "num_inference_steps": 1}]  # the default 1024 px takes minutes
     core = build_core(str(tmp_path), {"handler": {"model_path": str(tiny_model_dir), "warmup": warmup}})

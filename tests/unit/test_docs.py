@@ -79,7 +79,7 @@ def test_the_readme_error_examples_are_the_errors_the_server_gives():
 
 def test_the_readme_response_sample_shows_every_parameter_stage_and_accounting_key():
     from handler.contract.fields import FIELDS
-    from handler.runtime.stages import Stage
+    from handler.contract.stages import Stage
 
     sample = json.loads(_requests_section("## Response (200)").split("```json", 1)[1].split("```", 1)[0])
     assert list(sample["parameters"]) == list(FIELDS)

@@ -155,7 +155,7 @@ def test_with_a_sampler_that_draws_noise_while_stepping_image_i_still_equals_see
 def test_a_scheduler_gets_eta_and_generators_only_where_its_step_takes_them():
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-    from handler.model.denoise import scheduler_step_kwargs
+    from handler.model.request_state import scheduler_step_kwargs
 
     generators = [torch.Generator().manual_seed(0)]
     assert scheduler_step_kwargs(DDIMScheduler(), generators, eta=0.5) == {"generator": generators, "eta": 0.5}

@@ -35,3 +35,30 @@ def test_only_the_adapters_import_a_serving_framework():
         text = path.read_text()
         framework = "from ts." in text or "import ts." in text or "triton_python_backend_utils" in text
         assert not framework or path.parent.name == "adapters", path
+
+
+# What each layer may import from (design: each depends only on the ones below it).
+ALLOWED = {
+    "contract": {"contract"},
+    "wire": {"contract", "wire"},
+    "model": {"contract", "model"},
+    "runtime": {"contract", "wire", "model", "runtime"},
+    "adapters": {"contract", "wire", "model", "runtime", "adapters"},
+}
+
+
+def test_each_layer_imports_only_from_the_layers_below_it():
+    import ast
+
+    crossings = []
+    for path in sorted((REPO_ROOT / "handler").rglob("*.py")):
+        layer = path.relative_to(REPO_ROOT / "handler").parts[0]
+        if layer not in ALLOWED:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("handler."):
+                target = node.module.split(".")[1]
+                if target not in ALLOWED[layer]:
+                    crossings.append(f"{path.relative_to(REPO_ROOT)} imports {node.module}")
+    assert set(ALLOWED) == {p.name for p in (REPO_ROOT / "handler").iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert not crossings, crossings

@@ -4,8 +4,9 @@ import pytest
 
 from handler.contract.decode import negotiate
 from handler.contract.errors import InvalidRequest
-from handler.contract.fields import FIELDS, markdown_table
+from handler.contract.fields import FIELDS
 from handler.contract.parse import parse_request
+from handler.contract.reference import markdown_table
 from handler.contract.request import MAX_SEED, Defaults, GenerationRequest, Limits
 from tests.images import b64, half_mask, picture
 

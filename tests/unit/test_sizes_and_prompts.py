@@ -9,6 +9,7 @@ from handler.contract.request import Defaults, Limits
 from handler.contract.settings import HandlerSettings
 from handler.contract.sizes import SDXL_BUCKETS
 from handler.runtime.core import Core
+from handler.runtime.startup import warm_up
 from tests.helpers import make_engine, max_diff, pipeline_image
 
 
@@ -72,7 +73,7 @@ def test_allowed_sizes_refuse_the_others_and_are_all_warmed_up(tiny_loaded):
     )  # fmt: skip
     assert [(s.width, s.height) for s in settings.warmup_shapes()] == [(64, 64), (96, 64)]
     core = Core(tiny_loaded, settings)
-    assert len(core.warmup()) == 3  # both sizes, then img2img at the first
+    assert len(warm_up(core)) == 3  # both sizes, then img2img at the first
     replies = core.handle(rows({"prompt": "a", "width": 96}, {"prompt": "b", "width": 128}))
     assert [r.status for r in replies] == [200, 400]
     assert replies[1].json()["error"]["message"] == (

@@ -11,7 +11,7 @@ import triton_python_backend_utils as pb_utils
 import yaml
 
 from handler.adapters import triton_io
-from handler.runtime.core import build_core
+from handler.runtime.startup import build_core
 
 INPUTS = ("prompt", "steps", "parameters")
 
