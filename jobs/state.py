@@ -17,63 +17,13 @@ from redis.asyncio import Redis
 
 from handler.wire.events import PROGRESS, STATUS
 
+from .state_scripts import SUBMIT, TRANSITION, WITHDRAW
+
 TERMINAL = ("completed", "failed", "canceled")
 STATUSES = ("pending", "processing", *TERMINAL, "expired")
 # Seconds; the queue-wait and run-time histograms on /metrics.
 BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 EVENTS_MAXLEN = 2000  # per job: a 100-step job with previews is ~210 events
-
-_TRANSITION = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if status == 'completed' or status == 'failed' or status == 'canceled' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], unpack(ARGV, 8))
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'event', ARGV[7], 'data', ARGV[1])
-if ARGV[2] == 'pending' then redis.call('SADD', KEYS[6], KEYS[1]) else redis.call('SREM', KEYS[6], KEYS[1]) end
-if ARGV[3] == '1' then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-  redis.call('EXPIRE', KEYS[2], tonumber(ARGV[5]))
-  redis.call('DEL', KEYS[5])
-  redis.call('SREM', KEYS[3], KEYS[1])
-  redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
-end
-return 1
-"""
-
-
-# A submit, all or nothing: the Idempotency-Key replay, both caps, and the new job's record, body, event log, open
-# and pending membership, recent list and claim. Caps are checked and taken in the same step, so a burst cannot
-# pass them; the claim exists only if the job does.
-_SUBMIT = """
-if ARGV[1] == '1' then
-  local existing = redis.call('GET', KEYS[1])
-  if existing then return {'replay', existing} end
-end
-local pending = redis.call('SCARD', KEYS[7])
-if pending >= tonumber(ARGV[5]) then return {'queue_full', tostring(pending)} end
-if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {'key_full', ''} end
-redis.call('HSET', KEYS[3], unpack(ARGV, 13))
-redis.call('SET', KEYS[4], ARGV[6])
-redis.call('SADD', KEYS[2], KEYS[3])
-redis.call('SADD', KEYS[7], KEYS[3])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[8], '*', 'event', ARGV[12], 'data', ARGV[7])
-redis.call('HINCRBY', KEYS[6], 'submitted', 1)
-redis.call('ZADD', KEYS[8], ARGV[9], ARGV[11])
-redis.call('ZREMRANGEBYRANK', KEYS[8], 0, -tonumber(ARGV[10]) - 1)
-if ARGV[1] == '1' then redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3])) end
-return {'created', ''}
-"""
-
-# Undo a submit whose SAQ job could not be queued: nothing of it stays, its claim included (if still its own).
-_WITHDRAW = """
-redis.call('SREM', KEYS[2], KEYS[3])
-redis.call('SREM', KEYS[7], KEYS[3])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-redis.call('HINCRBY', KEYS[6], 'submitted', -1)
-redis.call('ZREM', KEYS[8], ARGV[2])
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
 
 RECENT_JOBS = 50  # per key, for GET /jobs
 
@@ -99,9 +49,9 @@ class JobState:
         self.redis = redis
         self.result_ttl_s = result_ttl_s
         self.expired_record_ttl_s = expired_record_ttl_s
-        self._transition = redis.register_script(_TRANSITION)
-        self._submit = redis.register_script(_SUBMIT)
-        self._withdraw = redis.register_script(_WITHDRAW)
+        self._transition = redis.register_script(TRANSITION)
+        self._submit = redis.register_script(SUBMIT)
+        self._withdraw = redis.register_script(WITHDRAW)
         self.on_finished = None  # async (job_id, status) -> None, after a job's one terminal transition
 
     # -- keys -----------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from handler.model.denoise import Denoiser
 from handler.model.loading import LoadedPipeline
 from handler.model.lora_catalogue import LoraCatalogue
 from handler.model.request_state import image_seeds
-from handler.runtime.engine import Engine, Flight
+from handler.runtime.engine import Engine
+from handler.runtime.flight import Flight
 from handler.runtime.metrics import Observation, call_metrics
 from handler.runtime.side_work import SideWorker
 from handler.wire.encode import encode_many

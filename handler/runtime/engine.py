@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 from handler.contract.errors import OutOfMemory, TimeBudgetExceeded, is_out_of_memory
@@ -30,6 +29,7 @@ from handler.contract.stages import Stage
 from handler.model.denoise import Denoiser
 from handler.model.request_state import RequestState
 from handler.runtime.batching import Group, GroupKey, group_requests
+from handler.runtime.flight import Flight
 from handler.runtime.side_work import SideWorker
 from handler.wire.encode import step_events
 
@@ -38,48 +38,6 @@ log = logging.getLogger(__name__)
 # Encodes the images of several requests: key -> (request, PIL images) in, key -> bytes per image (or why not) out.
 Encoder = Callable[[dict[Any, tuple[GenerationRequest, list[Any]]]], dict[Any, Any]]
 StepHook = Callable[[list["Flight"]], None]
-
-
-@dataclass(eq=False)  # identity: two flights may hold equal requests yet be separate
-class Flight:
-    """One request in the engine, from admission until its outcome is known.
-
-    Its life: preparing (an init image's VAE encode, on the side worker) -> denoising (stepped with the others)
-    -> finishing (decode + encode, on the side worker) -> done (``outcome`` set).
-    """
-
-    key: str  # the request id that identifies it across handler calls
-    state: RequestState
-    arrived: float  # time.perf_counter() at its first handler call: its time budget counts from here
-    joined_call: int = 0
-    in_flight_at_join: int = 0  # requests already in the engine when it joined
-    group: dict[str, int] | None = None  # static batching: the size group it was admitted in
-    preparing: Future | None = None  # its first latents' job on the side worker (the VAE encoder)
-    pending: Future | None = None  # its finish job on the side worker
-    committed: bool = False  # bytes went out (HTTP 200 and headers sent): its last reply is a stream's end
-    shared_steps: int = 0  # steps whose UNet forward it shared with other requests
-    denoise_started: float | None = None
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    events: list[bytes] = field(default_factory=list)  # stream lines not sent yet
-    done: bool = False
-    outcome: list[Any] | BaseException | None = None  # its (encoded) images, or why it has none
-    images: list[Any] | None = None  # its decoded images too, for an adapter that sends pixels (keep_images)
-
-    @property
-    def request(self) -> GenerationRequest:
-        return self.state.request
-
-    @property
-    def deadline(self) -> float | None:
-        timeout = self.request.timeout_s
-        return None if timeout is None else self.arrived + timeout
-
-    @property
-    def denoising(self) -> bool:
-        return self.preparing is None and self.pending is None and not self.done and not self.state.finished
-
-    def fail(self, error: BaseException) -> None:
-        self.done, self.outcome = True, error
 
 
 class Engine:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from bench.openloop import Outcome, arrival_schedule, open_loop, request_body, request_mix
+from bench.openloop_load import Outcome, arrival_schedule, open_loop, request_body, request_mix
 from bench.openloop_summary import markdown, ratios, summaries, summarize_run
 from bench.report import markdown as report_markdown
 

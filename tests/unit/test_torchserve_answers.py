@@ -1,4 +1,4 @@
-"""jobs.dispatcher.torchserve_error: each body shape TorchServe sends becomes a clean job error. The same errors
+"""jobs.torchserve_answers.torchserve_error: each body shape TorchServe sends becomes a clean job error. The same errors
 provoked on a real TorchServe through a real dispatcher: tests/integration/test_jobs_errors.py."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs.dispatcher import torchserve_error
+from jobs.torchserve_answers import torchserve_error
 
 FRONTEND = '{\n  "code": 404,\n  "type": "ModelNotFoundException",\n  "message": "Model not found: nope"\n}\n'
 HANDLER = json.dumps({"error": {"code": 400, "type": "InvalidRequest", "message": "`width` ...", "field": "width"}})

@@ -1,0 +1,53 @@
+"""A request in the engine: its denoising state and everything around it (arrival, side jobs, stream lines not
+sent yet, the outcome and timings) until its last reply."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from handler.contract.request import GenerationRequest
+from handler.model.request_state import RequestState
+
+
+@dataclass(eq=False)  # identity: two flights may hold equal requests yet be separate
+class Flight:
+    """One request in the engine, from admission until its outcome is known.
+
+    Its life: preparing (an init image's VAE encode, on the side worker) -> denoising (stepped with the others)
+    -> finishing (decode + encode, on the side worker) -> done (``outcome`` set).
+    """
+
+    key: str  # the request id that identifies it across handler calls
+    state: RequestState
+    arrived: float  # time.perf_counter() at its first handler call: its time budget counts from here
+    joined_call: int = 0
+    in_flight_at_join: int = 0  # requests already in the engine when it joined
+    group: dict[str, int] | None = None  # static batching: the size group it was admitted in
+    preparing: Future | None = None  # its first latents' job on the side worker (the VAE encoder)
+    pending: Future | None = None  # its finish job on the side worker
+    committed: bool = False  # bytes went out (HTTP 200 and headers sent): its last reply is a stream's end
+    shared_steps: int = 0  # steps whose UNet forward it shared with other requests
+    denoise_started: float | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    events: list[bytes] = field(default_factory=list)  # stream lines not sent yet
+    done: bool = False
+    outcome: list[Any] | BaseException | None = None  # its (encoded) images, or why it has none
+    images: list[Any] | None = None  # its decoded images too, for an adapter that sends pixels (keep_images)
+
+    @property
+    def request(self) -> GenerationRequest:
+        return self.state.request
+
+    @property
+    def deadline(self) -> float | None:
+        timeout = self.request.timeout_s
+        return None if timeout is None else self.arrived + timeout
+
+    @property
+    def denoising(self) -> bool:
+        return self.preparing is None and self.pending is None and not self.done and not self.state.finished
+
+    def fail(self, error: BaseException) -> None:
+        self.done, self.outcome = True, error
