@@ -38,7 +38,7 @@ from handler.runtime.engine import Engine
 from handler.runtime.flight import Flight
 from handler.runtime.metrics import Observation, call_metrics
 from handler.runtime.side_work import SideWorker
-from handler.wire.encode import encode_many
+from handler.wire.encode import encode_many, stream_lines
 from handler.wire.replies import Reply, chunk_reply, error_reply, final_reply, success_reply
 
 log = logging.getLogger(__name__)
@@ -199,8 +199,8 @@ class Core:
                 call.ended[row] = (None, reply, {})
             else:
                 flight = call.flights[row]
-                events = b"".join(flight.events)
-                flight.events.clear()
+                events = stream_lines(flight.reports)
+                flight.reports.clear()
                 if flight.done:
                     outcome = self._outcome(call, flight)
                     call.ended[row] = (flight.request, outcome, flight.timings_ms)
@@ -268,9 +268,9 @@ class Core:
             chunks = {}
             for flight in stepped:
                 row = row_of.get(id(flight))
-                if row is not None and flight.events:
-                    chunks[row] = b"".join(flight.events)
-                    flight.events.clear()
+                if row is not None and flight.reports:
+                    chunks[row] = stream_lines(flight.reports)
+                    flight.reports.clear()
                     flight.committed = True  # its headers may go out even if sending fails
             if chunks:
                 try:

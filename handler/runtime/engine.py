@@ -29,9 +29,8 @@ from handler.contract.stages import Stage
 from handler.model.denoise import Denoiser
 from handler.model.request_state import RequestState
 from handler.runtime.batching import Group, GroupKey, group_requests
-from handler.runtime.flight import Flight
+from handler.runtime.flight import Flight, step_report
 from handler.runtime.side_work import SideWorker
-from handler.wire.encode import step_events
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ class Engine:
                     )
                 )
             if flight.request.stream and not flight.done:
-                flight.events.append(step_events(state))
+                flight.reports.append(step_report(state))
 
     def _within_cap(self, key: GroupKey, flights: list[Flight]) -> list[list[Flight]]:
         """``flights`` in consecutive parts of at most the learned row cap (at least one flight per part)."""

@@ -3,12 +3,37 @@ sent yet, the outcome and timings) until its last reply."""
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from handler.contract.request import GenerationRequest
 from handler.model.request_state import RequestState
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What a streamed request hears after one of its steps, as data; wire/encode.py renders it (a progress
+    line, and a preview decoded from ``preview_latents`` when it is a preview step)."""
+
+    step: int
+    total_steps: int
+    elapsed_s: float
+    preview_latents: Any = None  # this step's latents, on preview steps only
+
+
+def step_report(state: RequestState) -> StepReport:
+    """The report of ``state``'s latest step (a preview every ``preview_every`` steps, none after the last:
+    the result follows)."""
+    every = state.request.preview_every
+    preview = every and state.step % every == 0 and not state.finished
+    return StepReport(
+        step=state.step,
+        total_steps=state.total_steps,
+        elapsed_s=time.perf_counter() - state.started,
+        preview_latents=state.latents.clone() if preview else None,  # the next step makes new latents anyway
+    )
 
 
 @dataclass(eq=False)  # identity: two flights may hold equal requests yet be separate
@@ -31,7 +56,7 @@ class Flight:
     shared_steps: int = 0  # steps whose UNet forward it shared with other requests
     denoise_started: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    events: list[bytes] = field(default_factory=list)  # stream lines not sent yet
+    reports: list[StepReport] = field(default_factory=list)  # streamed steps not sent yet
     done: bool = False
     outcome: list[Any] | BaseException | None = None  # its (encoded) images, or why it has none
     images: list[Any] | None = None  # its decoded images too, for an adapter that sends pixels (keep_images)

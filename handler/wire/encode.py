@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,16 +75,15 @@ def json_body(encoded_images: list[bytes], output_format: str, document: dict[st
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def progress_event(state: Any) -> bytes:
-    """``{"event": "progress", "step", "total_steps", "elapsed_s", "eta_s"}`` for a request's state."""
-    elapsed = time.perf_counter() - state.started
-    per_step = elapsed / max(state.step, 1)
+def progress_event(report: Any) -> bytes:
+    """``{"event": "progress", "step", "total_steps", "elapsed_s", "eta_s"}`` of a step report."""
+    per_step = report.elapsed_s / max(report.step, 1)
     return event_line(
         PROGRESS,
-        step=state.step,
-        total_steps=state.total_steps,
-        elapsed_s=round(elapsed, 3),
-        eta_s=round(per_step * (state.total_steps - state.step), 3),
+        step=report.step,
+        total_steps=report.total_steps,
+        elapsed_s=round(report.elapsed_s, 3),
+        eta_s=round(per_step * (report.total_steps - report.step), 3),
     )
 
 
@@ -97,21 +95,21 @@ def latent_preview(latents: torch.Tensor) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-def preview_event(state: Any) -> bytes:
+def preview_event(report: Any) -> bytes:
     """``{"event": "preview", "step", "content_type", "images": [base64 JPEG per image]}``."""
     previews = []
-    for latents in state.latents:
+    for latents in report.preview_latents:
         buffer = io.BytesIO()
         latent_preview(latents).save(buffer, format="JPEG", quality=70)
         previews.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
-    return event_line(PREVIEW, step=state.step, content_type="image/jpeg", images=previews)
+    return event_line(PREVIEW, step=report.step, content_type="image/jpeg", images=previews)
 
 
-def step_events(state: Any) -> bytes:
-    """What a streamed request hears after a step: its progress, and a preview every ``preview_every`` steps
-    (none after the last step: the result follows)."""
-    lines = [progress_event(state)]
-    every = state.request.preview_every
-    if every and state.step % every == 0 and not state.finished:
-        lines.append(preview_event(state))
+def stream_lines(reports: list[Any]) -> bytes:
+    """The NDJSON lines of a request's step reports: each one's progress, and its preview where it has one."""
+    lines = []
+    for report in reports:
+        lines.append(progress_event(report))
+        if report.preview_latents is not None:
+            lines.append(preview_event(report))
     return b"".join(lines)
