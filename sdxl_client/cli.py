@@ -74,20 +74,41 @@ def add_gateway(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+# The request options: CLI flag -> request field and type. Each flag's help is its field's own entry in the
+# contract's field table (handler.contract.fields), so the CLI and the docs cannot say different things.
+REQUEST_OPTIONS = (
+    ("--seed", "seed", int),
+    ("--steps", "num_inference_steps", int),
+    ("--guidance", "guidance_scale", float),
+    ("--negative", "negative_prompt", str),
+    ("--width", "width", int),
+    ("--height", "height", int),
+    ("--sampler", "sampler", str),
+    ("--schedule", "schedule", str),
+    ("--timeout-s", "timeout_s", float),
+    ("--image", "image", Path),  # a file here, sent as base64
+    ("--strength", "strength", float),
+    ("--mask", "mask_image", Path),
+    ("--resize-mode", "resize_mode", str),
+    ("--denoising-end", "denoising_end", float),
+)
+
+
+def field_help(name: str, kind: type = str) -> str:
+    from handler.contract.fields import describe_fields
+
+    field = next(f for f in describe_fields() if f.name == name)
+    given = " A file (PNG, JPEG or WebP), sent base64." if kind is Path else ""
+    bounds = f" Bounds: {field.bounds}." if field.bounds else ""
+    default = f" Built-in default: {field.default} (the server's yaml may set another)."
+    text = f"`{name}`: {field.description}{given}{bounds}{default}"
+    return text.replace("%", "%%")  # argparse formats help with %
+
+
 def add_request_args(generate: argparse.ArgumentParser) -> None:
-    generate.add_argument("prompt")
-    generate.add_argument("--seed", type=int)
-    generate.add_argument("--steps", type=int, help="num_inference_steps")
-    generate.add_argument("--guidance", type=float, help="guidance_scale")
-    generate.add_argument("--negative", help="negative_prompt")
-    generate.add_argument("--width", type=int)
-    generate.add_argument("--height", type=int)
-    generate.add_argument("--timeout-s", type=float, help="the request's time budget on the server")
-    generate.add_argument("--image", type=Path, help="img2img: the init image (PNG, JPEG or WebP)")
-    generate.add_argument("--strength", type=float, help="with --image: how much to change it (server default 0.8)")
-    generate.add_argument("--mask", type=Path, help="inpainting, with --image: white repaints, black keeps")
-    generate.add_argument("--denoising-end", type=float, help="hand over to the server's refiner at this fraction")
-    generate.add_argument("--resize-mode", choices=("none", "resize", "crop", "fill"), help="with --image")
+    generate.add_argument("prompt", help=field_help("prompt"))
+    for flag, name, kind in REQUEST_OPTIONS:
+        generate.add_argument(flag, dest=name, type=kind, help=field_help(name, kind))
     generate.add_argument("--previews", type=Path, help="folder for low-resolution previews")
     generate.add_argument("--preview-every", type=int, default=5, help="steps between previews (default 5)")
 
@@ -99,22 +120,10 @@ def request_body(args: argparse.Namespace) -> dict:
     else:
         output_format = args.format
     body = {"prompt": args.prompt, "output_format": output_format}
-    for key, value in (
-        ("seed", args.seed),
-        ("num_inference_steps", args.steps),
-        ("guidance_scale", args.guidance),
-        ("negative_prompt", args.negative),
-        ("width", args.width),
-        ("height", args.height),
-        ("timeout_s", args.timeout_s),
-        ("image", args.image and base64_file(args.image)),
-        ("strength", args.strength),
-        ("mask_image", args.mask and base64_file(args.mask)),
-        ("resize_mode", args.resize_mode),
-        ("denoising_end", args.denoising_end),
-    ):
+    for _flag, name, kind in REQUEST_OPTIONS:
+        value = getattr(args, name)
         if value is not None:
-            body[key] = value
+            body[name] = base64_file(value) if kind is Path else value
     return body
 
 
