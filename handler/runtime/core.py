@@ -139,11 +139,7 @@ class Core:
 
         # 1. TorchServe stops re-sending a request whose connection closed: free what it held.
         for request_id in set(self.flights) - set(request_ids):
-            gone = self.flights.pop(request_id)
-            self.engine.release(gone.request)
-            for job in (gone.preparing, gone.pending):
-                if job is not None:
-                    job.cancel()
+            self.engine.abort(self.flights.pop(request_id))
             call.disconnected += 1
             log.info("request %s left: its client disconnected", request_id)
 
@@ -206,13 +202,11 @@ class Core:
                     call.ended[row] = (flight.request, outcome, flight.timings_ms)
                     reply = final_reply(outcome, flight.request, events, flight.committed)
                     if self.flights.pop(flight.key, None) is not None:
-                        self.engine.release(flight.request)
+                        self.engine.finish(flight)
                 else:
                     reply = chunk_reply(flight.request, events, first=not flight.committed)
                     flight.committed = True
             replies.append(reply)
-        if not self.flights:  # memory freed: out-of-memory caps are learned again from the next batch
-            self.engine.row_caps.clear()
         log.info(
             "call %d: %d row(s), %d joined, %d ended (%d failed), %d in flight, %d step(s), %.0f ms",
             call.number,
@@ -240,7 +234,7 @@ class Core:
     def close(self) -> None:
         """Forget every request in flight and stop the engine's side worker; adapters call it on unload."""
         for flight in self.flights.values():
-            self.engine.release(flight.request)
+            self.engine.abort(flight)
         self.flights.clear()
         self.engine.close()
 

@@ -65,28 +65,49 @@ class Engine:
         self.side = side
         self.encode = encode
         self.keep_images = keep_images
-        # UNet rows per forward that fit, per image size, learned from out-of-memory splits.
+        # UNet rows per forward that fit, per image size, learned from out-of-memory splits; forgotten when the
+        # engine is empty (memory was freed).
         self.row_caps: dict[GroupKey, int] = {}
+        self.in_flight: set[Flight] = set()  # admitted, not yet finished or aborted
 
     def admit(self, request: GenerationRequest, key: str, arrived: float, **details: Any) -> Flight:
         """Prepare a request (conditioning, its own scheduler, seeded noise): it takes its first step next. An
         init image is VAE-encoded on the side worker (beside the steps when it overlaps): it joins when done."""
         names = [name for name, _ in request.loras]
         if names:
-            self.denoiser.loras.acquire(names)  # loaded (first use) and pinned until release()
+            self.denoiser.loras.acquire(names)  # loaded (first use) and pinned until it leaves
         try:
             state = self.denoiser.start(request)
         except BaseException:
-            self.release(request)
+            self._unpin(request)
             raise
         flight = Flight(key, state, arrived, **details)
         flight.timings_ms[Stage.ENCODE_PROMPT] = state.timings_ms[Stage.ENCODE_PROMPT]
         if state.latents is None:
             flight.preparing = self.side.submit(lambda: self._prepare(state))
+        self.in_flight.add(flight)
         return flight
 
-    def release(self, request: GenerationRequest) -> None:
-        """A request leaves the engine: its LoRAs may be evicted again."""
+    def finish(self, flight: Flight) -> None:
+        """A request's last reply went out: it leaves the engine."""
+        self._leave(flight)
+
+    def abort(self, flight: Flight) -> None:
+        """A request's client left: its side work is canceled and it leaves the engine wherever it was."""
+        for job in (flight.preparing, flight.pending):
+            if job is not None:
+                job.cancel()
+        self._leave(flight)
+
+    def _leave(self, flight: Flight) -> None:
+        if flight in self.in_flight:
+            self.in_flight.discard(flight)
+            self._unpin(flight.request)
+        if not self.in_flight:
+            self.row_caps.clear()
+
+    def _unpin(self, request: GenerationRequest) -> None:
+        """Its LoRAs may be evicted again."""
         if request.loras:
             self.denoiser.loras.release([name for name, _ in request.loras])
 
@@ -131,7 +152,7 @@ class Engine:
         flights = [self.admit(request, str(i), now) for i, request in enumerate(requests)]
         self.advance(flights)
         for flight in flights:
-            self.release(flight.request)
+            self.finish(flight)
         return [flight.outcome for flight in flights]  # type: ignore[misc]
 
     def groups(self, flights: dict[Any, Flight]) -> list[Group]:

@@ -22,7 +22,8 @@ def test_canceling_a_running_job_frees_it_in_the_handler(tmp_path, continuous_se
     try:
         before = disconnected(continuous_server)
         job_id = stack.submit(
-            {"prompt": "canceled mid-loop", "num_inference_steps": 50, "width": 128, "height": 128}
+            # 50 steps at 256 px take ~10 s here: the cancel (SAQ polls aborts every second) lands mid-loop
+            {"prompt": "canceled mid-loop", "num_inference_steps": 50, "width": 256, "height": 256}
         ).json()["job_id"]
         stack.wait_step(job_id, 2)
         canceled = requests.delete(f"{stack.gateway.url}/jobs/{job_id}", headers=stack.headers(), timeout=10)
