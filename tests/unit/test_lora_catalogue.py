@@ -217,3 +217,16 @@ def test_a_failing_whole_forward_step_leaves_lora_disabled_and_the_scalings_rest
     assert {layer.scaling["ink"] for layer in layers if "ink" in layer.scaling} == {1.0}
     base = Core(load_pipeline(str(tiny_model_dir), tiny_settings), tiny_settings).handle(rows(body))[0]
     assert max_diff(decode_images(fragile.handle(rows(body))[0])[0], decode_images(base)[0]) <= 1
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [{"sampler": "ddim", "schedule": "karras"}, {"sampler": "euler", "eta": 0.5}, {"prompt": " ".join(["ink"] * 90)}],
+)
+def test_a_request_the_contract_refuses_loads_no_lora(tiny_model_dir, tiny_settings, loras, wrong):
+    """Every check runs at parse, before admission: a refused request with a LoRA never loads (nor evicts) it."""
+    fresh = catalogue_core(tiny_model_dir, tiny_settings, loras, max_loaded=1)
+    reply = fresh.handle(rows({"prompt": "a fox", "loras": [{"name": "ink"}], **wrong}))[0]
+    assert reply.status == 400, reply.json()
+    catalogue = fresh.denoiser.loras
+    assert (catalogue.stats.loads, catalogue.stats.evictions, list(catalogue.loaded)) == (0, 0, [])
