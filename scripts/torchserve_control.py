@@ -151,10 +151,7 @@ class TorchServe:
 
     def keys(self) -> dict[str, str]:
         """Token keys by API ("inference", "management"); empty when token auth is off."""
-        key_file = self.workdir / "key_file.json"
-        if not key_file.exists():
-            return {}
-        data = json.loads(key_file.read_text())
+        data = self.token_keys.entries() or {}
         return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict) and "key" in entry}
 
     def headers(self, api: str = "inference") -> dict[str, str]:

@@ -53,10 +53,7 @@ def read_token(token: str | None = None, key_file: str | os.PathLike | None = No
         return token
     if os.environ.get("SDXL_TOKEN"):
         return os.environ["SDXL_TOKEN"]
-    path = key_file_path(key_file)
-    if path.exists():
-        return json.loads(path.read_text())["inference"]["key"]
-    return None
+    return TorchServeKeys(key_file_path(key_file)).key()  # renewed first if it is about to expire
 
 
 class SDXLClient:

@@ -299,3 +299,17 @@ def test_close_forgets_the_requests_in_flight_and_stops_the_side_worker(tiny_loa
     assert core.flights == {}
     with pytest.raises(RuntimeError):  # a stopped executor takes no more work
         core.engine.side.executor.submit(lambda: None)
+
+
+def test_text_that_is_not_unicode_is_a_400_for_its_row_and_its_batch_mates_succeed(core):
+    good, bad, nested = core.handle(
+        [
+            {"body": b'{"prompt": "a red fox", "seed": 3}'},
+            {"body": b'{"prompt": "fox \\ud800 snow", "seed": 4}'},
+            {"body": b'{"prompt": "x", "negative_prompt": "\\udfff"}'},
+        ]
+    )
+    assert good.status == 200 and good.json()["seeds"] == [3]
+    assert bad.status == 400 and bad.json()["error"]["field"] == "prompt"
+    assert "\\ud800" in bad.json()["error"]["message"]
+    assert nested.status == 400 and nested.json()["error"]["field"] == "negative_prompt"
