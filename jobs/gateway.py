@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,13 @@ from handler.contract.errors import ServingError, error_document
 from handler.contract.prompts import PromptTokenizers
 from handler.contract.reference import json_schema
 from handler.contract.settings import HandlerSettings
+from handler.contract.steps import StepPlans
 
 from .routers import jobs, service, submit
 from .services import Services
 from .settings import JobSettings, load_api_keys
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: JobSettings | None = None) -> FastAPI:
@@ -46,6 +50,9 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.handler_settings = model
     app.state.tokenizers = PromptTokenizers.load(settings.tokenizer_path) if settings.tokenizer_path else None
+    app.state.step_plans = StepPlans.load(settings.step_table_path) if settings.step_table_path else None
+    if model.refiner_path and app.state.step_plans is None:
+        log.warning("the model has a refiner but step_table_path is unset: step splits are checked only by TorchServe")
     app.state.keys = load_api_keys(settings)
 
     @app.exception_handler(ServingError)

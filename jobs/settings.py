@@ -30,6 +30,9 @@ class JobSettings:
         tokenizer_path (`str`, defaults to none): the served model's diffusers folder (or one holding its
             ``tokenizer/`` and ``tokenizer_2/``): prompts are counted in tokens at submit, as TorchServe will; unset,
             a prompt too long for the text encoders is accepted here and fails as a job.
+        step_table_path (`str`, defaults to none): for a model with a refiner, its stage schedules as written by
+            ``python -m handler.model.step_table`` (the gateway imports no torch): a ``denoising_end`` that leaves
+            the base or the refiner no step is refused at submit, as TorchServe will; unset, it fails as a job.
         api_keys_file (`str`, defaults to ``jobs_keys.json``): ``{"name": "key", ...}``; created with one random
             key when missing (as TorchServe's key_file.json). A job belongs to the key name that made it.
         auth (`bool`, defaults to true): false turns keys off (local work only; every job is then one owner's).
@@ -74,6 +77,7 @@ class JobSettings:
     queue_name: str = "sdxl"
     model_yaml: str = "config/tiny-sdxl.yaml"
     tokenizer_path: str | None = None
+    step_table_path: str | None = None
     api_keys_file: str = "jobs_keys.json"
     auth: bool = True
     result_store: str = "filesystem"

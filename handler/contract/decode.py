@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from handler.contract.errors import InvalidRequest
-from handler.contract.request import IMAGE_CONTENT_TYPES
+from handler.contract.fields import IMAGE_CONTENT_TYPES
 
 # TorchServe's name for a raw body; "data" is what its form decoder and older clients use.
 BODY_KEYS = ("body", "data")

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from handler.contract.checks import choice, json_type, number, short
+from handler.contract.checks import json_type
 from handler.contract.errors import InvalidRequest
 from handler.contract.sizes import resolve_size
 
@@ -121,29 +121,15 @@ def read_image(name: str, value: Any, limits: Any, mask: bool = False) -> InputI
     return InputImage(image, sha256, kind, len(data), width, height)
 
 
-def read_inputs(payload: dict[str, Any], limits: Any) -> tuple[InputImage | None, InputImage | None]:
-    """The decoded ``image`` and ``mask_image`` (None when absent); a mask needs an image of its size."""
-    image = None if payload.get("image") is None else read_image("image", payload["image"], limits)
-    mask = None if payload.get("mask_image") is None else read_image("mask_image", payload["mask_image"], limits, True)
-    if mask is not None and image is None:
-        raise InvalidRequest("`mask_image` needs `image` (the picture to inpaint)", field="mask_image")
-    if mask is not None and (mask.width, mask.height) != (image.width, image.height):
-        raise InvalidRequest(
-            f"`mask_image` is {mask.width}x{mask.height} but `image` is {image.width}x{image.height}; "
-            "they must be the same size",
-            field="mask_image",
-            value=f"{mask.width}x{mask.height}",
-        )
-    return image, mask
-
-
-def output_size(payload: dict[str, Any], get: Any, image: InputImage | None, limits: Any) -> tuple:
-    """(width, height, aspect_ratio): with an image, a side the request leaves out is the image's."""
+def output_size(payload: dict[str, Any], values: dict[str, Any], limits: Any) -> dict[str, Any]:
+    """``width``, ``height`` and ``aspect_ratio``: with an image, a side the request leaves out is the image's."""
+    image = values["image"]
     if image is None or "aspect_ratio" in payload:
-        return resolve_size(payload, get("width"), get("height"), limits)
+        width, height, aspect_ratio = resolve_size(payload, values["width"], values["height"], limits)
+        return {"width": width, "height": height, "aspect_ratio": aspect_ratio}
     width, height = payload.get("width", image.width), payload.get("height", image.height)
     try:
-        return resolve_size(payload, width, height, limits)
+        width, height, aspect_ratio = resolve_size(payload, width, height, limits)
     except InvalidRequest as exc:
         if "width" in payload and "height" in payload:
             raise
@@ -153,23 +139,16 @@ def output_size(payload: dict[str, Any], get: Any, image: InputImage | None, lim
             field="image",
             value=f"{image.width}x{image.height}",
         ) from None
+    return {"width": width, "height": height, "aspect_ratio": aspect_ratio}
 
 
-def image_options(
-    payload: dict[str, Any], get: Any, image: InputImage | None, mask: InputImage | None, steps: int, *size: int
-) -> dict[str, Any]:
-    """``image``, ``strength``, ``mask_image``, ``resize_mode`` and ``keep_unmasked`` of a request: the
-    options of an image only with one (never silently ignored), and at least one denoising step."""
-    for name, needs, present in (
-        ("strength", "image", image),
-        ("resize_mode", "image", image),
-        ("keep_unmasked", "mask_image", mask),
-    ):
-        if payload.get(name) is not None and present is None:  # null: the echo of a text-only request
-            raise InvalidRequest(f"`{name}` applies only with `{needs}`", field=name, value=payload[name])
+def fit_inputs(values: dict[str, Any]) -> dict[str, Any]:
+    """img2img and inpainting: at least one denoising step, and the image and mask (of the image's size) at the
+    output size by ``resize_mode``. {} for a text-to-image request."""
+    image, mask = values["image"], values["mask_image"]
     if image is None:
         return {}
-    strength = float(number("strength", get("strength"), 0.0, 1.0))
+    steps, strength = values["num_inference_steps"], values["strength"]
     if int(steps * strength) < 1:
         raise InvalidRequest(
             f"`strength` {strength} x `num_inference_steps` {steps} leaves no denoising step "
@@ -177,24 +156,18 @@ def image_options(
             field="strength",
             value=strength,
         )
-    resize_mode = choice("resize_mode", get("resize_mode"), RESIZE_MODES)
-    width, height = size
-    options: dict[str, Any] = {
-        "image": fit_image("image", image, width, height, resize_mode),
-        "strength": strength,
-        "resize_mode": resize_mode,
-    }
+    if mask is not None and (mask.width, mask.height) != (image.width, image.height):
+        raise InvalidRequest(
+            f"`mask_image` is {mask.width}x{mask.height} but `image` is {image.width}x{image.height}; "
+            "they must be the same size",
+            field="mask_image",
+            value=f"{mask.width}x{mask.height}",
+        )
+    size = (values["width"], values["height"], values["resize_mode"])
+    fitted = {"image": fit_image("image", image, *size)}
     if mask is not None:
-        keep = get("keep_unmasked")
-        if not isinstance(keep, bool):
-            raise InvalidRequest(
-                f"`keep_unmasked` must be true or false but is {json_type(keep)} {short(keep)}",
-                field="keep_unmasked",
-                value=keep,
-            )
-        options["mask_image"] = fit_image("mask_image", mask, width, height, resize_mode)
-        options["keep_unmasked"] = keep
-    return options
+        fitted["mask_image"] = fit_image("mask_image", mask, *size)
+    return fitted
 
 
 def fit_image(name: str, image: InputImage, width: int, height: int, resize_mode: str) -> InputImage:

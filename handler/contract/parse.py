@@ -1,20 +1,25 @@
 """Parse a request: check a decoded JSON body up front, in one place, and return the request with its defaults
 filled in, or raise InvalidRequest naming the first wrong field and its value. Every front door (TorchServe,
-Triton, the job gateway) runs this, model-aware checks included, before any work."""
+Triton, the job gateway) runs this, model-aware checks included, before any work.
+
+Each field's own value is checked by its kind in the field table (:data:`handler.contract.fields.FIELDS`); the
+rules across fields are the numbered steps below.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from handler.contract.checks import choice, integer, json_type, number, short, text
+from handler.contract.checks import json_type
 from handler.contract.errors import InvalidRequest
-from handler.contract.fields import FIELDS
-from handler.contract.images import image_options, output_size, read_inputs
+from handler.contract.field import Field
+from handler.contract.fields import FIELD_NAMES, FIELDS
+from handler.contract.images import fit_inputs, output_size
 from handler.contract.prompts import PromptTokenizers
-from handler.contract.refiner import refiner_options
-from handler.contract.request import MAX_SEED, OUTPUT_FORMATS, RESPONSE_FORMATS, Defaults, GenerationRequest, Limits
-from handler.contract.samplers import SAMPLER_NAMES, SCHEDULE_NAMES, check_sampling
-from handler.contract.sizes import micro_conditioning
+from handler.contract.request import Defaults, GenerationRequest, Limits
+from handler.contract.samplers import check_sampling
+from handler.contract.sizes import check_negative_sizes
+from handler.contract.steps import StepPlans
 
 
 def parse_request(
@@ -22,6 +27,7 @@ def parse_request(
     limits: Limits = Limits(),
     defaults: Defaults = Defaults(),
     tokenizers: PromptTokenizers | None = None,
+    step_plans: StepPlans | None = None,
 ) -> GenerationRequest:
     """Check a decoded JSON body up front and return the request with defaults filled in.
 
@@ -31,6 +37,7 @@ def parse_request(
             catalogue, refiner and scheduler class).
         defaults (`Defaults`, defaults to the built-in defaults): the model yaml's ``handler.defaults``.
         tokenizers (`PromptTokenizers`, defaults to None): the model's tokenizers; None skips token counts.
+        step_plans (`StepPlans`, defaults to None): the model's timesteps; None skips the refiner's step split.
 
     Raises:
         InvalidRequest: naming the first wrong field and its value. Nothing is silently corrected.
@@ -38,142 +45,104 @@ def parse_request(
     # 1. Shape: one object, only known fields, the one required field present.
     if not isinstance(payload, dict):
         raise InvalidRequest(f"request body must be a JSON object but is {json_type(payload)}")
-    unknown = sorted(set(payload) - set(FIELDS))
+    unknown = sorted(set(payload) - set(FIELD_NAMES))
     if unknown:
         names = ", ".join(f"`{name}`" for name in unknown)
         raise InvalidRequest(
-            f"unknown field(s) {names}; accepted fields: {', '.join(FIELDS)}", field=unknown[0], value=unknown[0]
+            f"unknown field(s) {names}; accepted fields: {', '.join(FIELD_NAMES)}", field=unknown[0], value=unknown[0]
         )
     if "prompt" not in payload:
         raise InvalidRequest("`prompt` is required", field="prompt")
 
-    def get(name: str) -> Any:
-        return payload.get(name, getattr(defaults, name, None))
+    # 2. Each field's own value (the request's, else the default), by its kind, in table order.
+    values = {f.name: field_value(f, payload, limits, defaults) for f in FIELDS}
 
-    # 2. Texts.
-    prompt = text("prompt", get("prompt"), limits.max_prompt_chars, optional=False)
-    if not prompt.strip():
-        raise InvalidRequest("`prompt` must not be empty or blank", field="prompt", value=prompt)
-    negative_prompt = text("negative_prompt", get("negative_prompt"), limits.max_prompt_chars, optional=False)
-    prompt_2 = text("prompt_2", get("prompt_2"), limits.max_prompt_chars, optional=True)
-    negative_prompt_2 = text("negative_prompt_2", get("negative_prompt_2"), limits.max_prompt_chars, optional=True)
+    # 3. The output size: `aspect_ratio`'s bucket, `width` x `height`, or the image's own.
+    values.update(output_size(payload, values, limits))
 
-    # 3. Numbers.
-    steps = integer("num_inference_steps", get("num_inference_steps"), 1, limits.max_inference_steps)
-    guidance = number("guidance_scale", get("guidance_scale"), 0.0, limits.max_guidance_scale)
-    image, mask_image = read_inputs(payload, limits)
-    width, height, aspect_ratio = output_size(payload, get, image, limits)
-    seed = None if get("seed") is None else integer("seed", get("seed"), 0, MAX_SEED)
-    images = integer("num_images_per_prompt", get("num_images_per_prompt"), 1, limits.max_images_per_prompt)
+    # 4. The negative micro-conditioning sizes go together.
+    check_negative_sizes(values)
 
-    # 4. Choices.
-    output_format = choice("output_format", get("output_format"), OUTPUT_FORMATS)
-    response_format = choice("response_format", payload.get("response_format", "json"), RESPONSE_FORMATS)
+    # 5. The refiner: never for inpainting, only with a refiner loaded.
+    refiner_hand_over(payload, values, limits)
 
-    # 4b. Sampling: each name, then the pair and eta against the scheduler class.
-    sampler = get("sampler")
-    if sampler is not None:
-        sampler = choice("sampler", sampler, limits.samplers or SAMPLER_NAMES)
-    schedule = choice("schedule", get("schedule"), SCHEDULE_NAMES)
-    eta = None if get("eta") is None else float(number("eta", get("eta"), 0.0, 1.0))
-    check_sampling(sampler, schedule, eta, limits.model_scheduler)
+    # 6. Options that apply only with another field: None without it, sent without it a 400.
+    for f in FIELDS:
+        if f.needs is not None:
+            values[f.name] = needed_value(f, payload, values, limits)
 
-    # 4c. SDXL micro-conditioning.
-    conditioning = micro_conditioning(payload)
+    # 7. img2img and inpainting: at least one denoising step, the images fitted to the output size.
+    values.update(fit_inputs(values))
 
-    # 4d. LoRAs from the catalogue.
-    loras = lora_choices(payload.get("loras", []), limits)
+    # 8. The sampler x schedule pair, `eta` and the steps, against the sampler's scheduler class.
+    check_sampling(
+        values["sampler"], values["schedule"], values["eta"], limits.model_scheduler, values["num_inference_steps"]
+    )
 
-    # 4e. img2img and inpainting.
-    inputs = image_options(payload, get, image, mask_image, steps, width, height)
+    # 9. Output combinations.
+    check_output(values)
+    request = GenerationRequest(**values)
 
-    # 4f. The refiner's hand-over.
-    refined = refiner_options(payload, get, limits.refiner, inpainting=mask_image is not None)
+    # 10. Model facts: the texts fit the text encoders; each stage of a refined request gets a step.
+    if tokenizers is not None:
+        tokenizers.check(request)
+    if step_plans is not None and request.denoising_end is not None:
+        step_plans.check_refiner_split(request)
+    return request
 
-    # 5. Streaming and time budget.
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest(
-            f"`stream` must be true or false but is {json_type(stream)} {short(stream)}", field="stream", value=stream
-        )
-    preview_every = integer("preview_every", payload.get("preview_every", 0), 0, limits.max_inference_steps)
-    timeout_s = get("timeout_s")
-    if timeout_s is not None:
-        timeout_s = float(number("timeout_s", timeout_s, 0.0, limits.max_timeout_s))
-        if timeout_s <= 0:
+
+def field_value(f: Field, payload: dict[str, Any], limits: Limits, defaults: Defaults) -> Any:
+    """The field's value, checked by its kind: the request's own, else the yaml's (or the table's) default."""
+    default = getattr(defaults, f.name) if f.configurable else f.default
+    value = payload.get(f.name, default)
+    if value is None and f.nullable:
+        return None
+    return f.kind.check(f.name, value, limits)
+
+
+def needed_value(f: Field, payload: dict[str, Any], values: dict[str, Any], limits: Limits) -> Any:
+    if values[f.needs] is None:
+        if payload.get(f.name) is not None:  # null: the echo of a request without it
+            raise InvalidRequest(f"`{f.name}` applies only with `{f.needs}`", field=f.name, value=payload[f.name])
+        return None
+    if values[f.name] is None and not f.kind.nullable:  # sent as null where it applies
+        return f.kind.check(f.name, None, limits)
+    return values[f.name]
+
+
+def refiner_hand_over(payload: dict[str, Any], values: dict[str, Any], limits: Limits) -> None:
+    """A yaml default `denoising_end` refines text-to-image and img2img; asking for it with a mask is a 400."""
+    if values["mask_image"] is not None and values["image"] is not None:
+        if payload.get("denoising_end") is not None:
             raise InvalidRequest(
-                f"`timeout_s` must be greater than 0 but is {timeout_s}", field="timeout_s", value=timeout_s
+                "`denoising_end` (the refiner) does not apply to inpainting (`mask_image`)",
+                field="denoising_end",
+                value=payload["denoising_end"],
             )
+        values["denoising_end"] = None
+    if values["denoising_end"] is not None and not limits.refiner:
+        raise InvalidRequest(
+            "`denoising_end` hands over to a refiner, and this model has none (handler.refiner_path)",
+            field="denoising_end",
+            value=values["denoising_end"],
+        )
 
-    # 6. Combinations.
-    if preview_every and not stream:
-        raise InvalidRequest("`preview_every` needs `stream: true`", field="preview_every", value=preview_every)
-    if response_format == "image" and stream:
+
+def check_output(values: dict[str, Any]) -> None:
+    if values["preview_every"] and not values["stream"]:
+        raise InvalidRequest(
+            "`preview_every` needs `stream: true`", field="preview_every", value=values["preview_every"]
+        )
+    if values["response_format"] == "image" and values["stream"]:
         raise InvalidRequest(
             "`stream` cannot be combined with an image response (`response_format: image` or "
             "an `Accept: image/*` header)",
             field="stream",
-            value=stream,
+            value=True,
         )
-    if response_format == "image" and images != 1:
+    if values["response_format"] == "image" and values["num_images_per_prompt"] != 1:
         raise InvalidRequest(
-            f"an image response carries one image, but `num_images_per_prompt` is {images}",
+            f"an image response carries one image, but `num_images_per_prompt` is {values['num_images_per_prompt']}",
             field="num_images_per_prompt",
-            value=images,
+            value=values["num_images_per_prompt"],
         )
-    request = GenerationRequest(
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        prompt_2=prompt_2,
-        negative_prompt_2=negative_prompt_2,
-        num_inference_steps=steps,
-        guidance_scale=float(guidance),
-        width=width,
-        height=height,
-        seed=seed,
-        num_images_per_prompt=images,
-        output_format=output_format,
-        response_format=response_format,
-        stream=stream,
-        preview_every=preview_every,
-        timeout_s=timeout_s,
-        sampler=sampler,
-        schedule=schedule,
-        eta=eta,
-        aspect_ratio=aspect_ratio,
-        **conditioning,
-        **inputs,
-        **refined,
-        loras=loras,
-    )
-
-    # 7. The texts fit the model's text encoders.
-    if tokenizers is not None:
-        tokenizers.check(request)
-    return request
-
-
-def lora_choices(value: Any, limits: Limits) -> tuple[tuple[str, float], ...]:
-    """``loras`` -> ((name, scale), ...): catalogue names only, each once, scales within bounds."""
-    if not isinstance(value, list) or len(value) > limits.max_loras_per_request:
-        raise InvalidRequest(
-            f"`loras` must be a list of at most {limits.max_loras_per_request} {{name, scale}} objects but is "
-            f"{json_type(value)} {short(value)}",
-            field="loras",
-            value=value,
-        )
-    available = dict(limits.catalogue)
-    chosen: dict[str, float] = {}
-    for item in value:
-        if not isinstance(item, dict) or not set(item) <= {"name", "scale"} or "name" not in item:
-            raise InvalidRequest(f"each of `loras` must be {{name, scale}} but one is {short(item)}", field="loras")
-        name = item["name"]
-        if name not in available:
-            names = ", ".join(available) or "none (this server has no LoRA catalogue)"
-            raise InvalidRequest(f"`loras` names {short(name)}, which is not in the catalogue; available: {names}",
-                                 field="loras", value=name)  # fmt: skip
-        if name in chosen:
-            raise InvalidRequest(f"`loras` names {name!r} twice", field="loras", value=name)
-        bound = limits.max_lora_scale
-        chosen[name] = float(number("loras.scale", item.get("scale", available[name]), -bound, bound))
-    return tuple(chosen.items())

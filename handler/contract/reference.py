@@ -6,44 +6,24 @@ from __future__ import annotations
 
 import sys
 
-from handler.contract.fields import describe_fields
+from handler.contract.fields import FIELDS, describe_fields
 from handler.contract.request import Defaults, Limits
-
-_ITEM_TYPES = {
-    "string": {"type": "string"},
-    "integer": {"type": "integer"},
-    "number": {"type": "number"},
-    "boolean": {"type": "boolean"},
-    "[height, width]": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
-    "[top, left]": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
-    "list of {name, scale}": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "properties": {"name": {"type": "string"}, "scale": {"type": "number"}},
-            "required": ["name"],
-            "additionalProperties": False,
-        },
-    },
-}
 
 
 def json_schema(limits: Limits = Limits(), defaults: Defaults = Defaults(), leave_out: tuple[str, ...] = ()) -> dict:
-    """The request as a JSON Schema (the job gateway's OpenAPI document shows it), from the same table; the
-    parser stays the judge of bounds, which each property's description states."""
+    """The request as a JSON Schema (the job gateway's OpenAPI document shows it), each property from its
+    field's kind, with this yaml's bounds and defaults."""
     properties = {}
-    for field in describe_fields(limits, defaults):
-        if field.name in leave_out:
+    for f in FIELDS:
+        if f.name in leave_out:
             continue
-        base, _, nullable = field.type.partition(" or ")
-        schema = dict(_ITEM_TYPES[base])
-        if base == "string" and " / " in field.bounds and "," not in field.bounds:
-            schema["enum"] = field.bounds.split(" / ")
-        if nullable:
+        schema = f.kind.schema(limits)
+        if f.nullable:
             schema = {"anyOf": [schema, {"type": "null"}]}
-        bounds = f" Bounds: {field.bounds}." if field.bounds else ""
-        schema["description"] = f"{field.description}{bounds} Default: {field.default}."
-        properties[field.name] = schema
+        bounds = f.kind.bounds(limits)
+        bounds = f" Bounds: {bounds}." if bounds else ""
+        schema["description"] = f"{f.describe(limits)}{bounds} Default: {f.default_doc(defaults)}."
+        properties[f.name] = schema
     return {"type": "object", "properties": properties, "required": ["prompt"], "additionalProperties": False}
 
 

@@ -4,15 +4,12 @@ checked against (the model yaml's ``handler.defaults`` and ``handler.limits``). 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any
 
+from handler.contract.field import REQUIRED
+from handler.contract.fields import FIELDS
 from handler.contract.images import InputImage
-
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-RESPONSE_FORMATS = ("json", "image")
-IMAGE_CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -38,67 +35,8 @@ class Limits:
     model_scheduler: str = "EulerDiscreteScheduler"  # the model's own scheduler class (handler.model_scheduler)
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """Values used when a request leaves a field out (``handler.defaults`` in the model yaml)."""
-
-    negative_prompt: str = ""
-    num_inference_steps: int = 30
-    guidance_scale: float = 5.0
-    width: int = 1024
-    height: int = 1024
-    num_images_per_prompt: int = 1
-    output_format: str = "png"
-    timeout_s: float | None = None
-    sampler: str | None = None  # None: the model's own scheduler
-    schedule: str = "default"
-    eta: float | None = None
-    strength: float = 0.8
-    resize_mode: str = "none"
-    keep_unmasked: bool = True
-    denoising_end: float | None = None  # None: the base alone; a fraction hands over to the refiner
-    aesthetic_score: float = 6.0
-    negative_aesthetic_score: float = 2.5
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A validated request with every default filled in. ``seed`` is None until the server draws one."""
-
-    prompt: str
-    negative_prompt: str
-    prompt_2: str | None
-    negative_prompt_2: str | None
-    num_inference_steps: int
-    guidance_scale: float
-    width: int
-    height: int
-    seed: int | None
-    num_images_per_prompt: int
-    output_format: str
-    response_format: str = "json"
-    stream: bool = False
-    preview_every: int = 0
-    timeout_s: float | None = None
-    sampler: str | None = None
-    schedule: str = "default"
-    eta: float | None = None
-    aspect_ratio: str | None = None
-    original_size: tuple[int, int] | None = None  # (height, width), as in diffusers
-    crops_coords_top_left: tuple[int, int] = (0, 0)
-    target_size: tuple[int, int] | None = None
-    negative_original_size: tuple[int, int] | None = None
-    negative_crops_coords_top_left: tuple[int, int] = (0, 0)
-    negative_target_size: tuple[int, int] | None = None
-    image: InputImage | None = None  # img2img / inpainting: the init image, at width x height
-    strength: float | None = None  # set exactly when `image` is
-    mask_image: InputImage | None = None  # inpainting: white = repaint
-    resize_mode: str | None = None  # set exactly when `image` is
-    keep_unmasked: bool | None = None  # set exactly when `mask_image` is
-    loras: tuple[tuple[str, float], ...] = ()  # (catalogue name, scale)
-    denoising_end: float | None = None  # the refiner's hand-over point (handler.model.refiner)
-    aesthetic_score: float | None = None  # set exactly when `denoising_end` is
-    negative_aesthetic_score: float | None = None
+class RequestRecord:
+    """What every request has besides its fields (the fields: :data:`handler.contract.fields.FIELDS`)."""
 
     @property
     def denoising_steps(self) -> int:
@@ -114,3 +52,31 @@ class GenerationRequest:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
         return {name: v.record() if isinstance(v, InputImage) else v for name, v in values.items()}
+
+
+def _generated(name: str, doc: str, members: list, **options: Any) -> type:
+    """A frozen dataclass of this module, generated from the field table."""
+    generated = make_dataclass(name, members, frozen=True, namespace={"__doc__": doc}, **options)
+    generated.__module__ = __name__  # pickles and reprs as handler.contract.request.<name>
+    return generated
+
+
+# The yaml's ``handler.defaults``: every configurable field, with the table's default.
+Defaults = _generated(
+    "Defaults",
+    "Values used when a request leaves a field out (``handler.defaults`` in the model yaml).",
+    [(f.name, f.annotation, field(default=f.default)) for f in FIELDS if f.configurable],
+)
+
+# A parsed request: every field, typed as its kind returns it. A field that needs another one is None
+# exactly when that one is; the optional ones are None when not given.
+GenerationRequest = _generated(
+    "GenerationRequest",
+    "A validated request with every default filled in. ``seed`` is None until the server draws one.",
+    [
+        (f.name, f.annotation, field() if f.default is REQUIRED else field(default=None if f.needs else f.default))
+        for f in FIELDS
+    ],
+    bases=(RequestRecord,),
+    kw_only=True,
+)

@@ -63,6 +63,7 @@ class SchedulerTraits:
 
     sigma_schedules: bool  # takes ``use_karras_sigmas`` / ``use_exponential_sigmas``
     eta: bool  # its ``step`` takes ``eta``
+    max_steps: int | None = None  # LCM / TCD: at most ``original_inference_steps`` (their default 50)
 
     @property
     def schedules(self) -> tuple[str, ...]:
@@ -80,17 +81,21 @@ SCHEDULERS: dict[str, SchedulerTraits] = {
     "HeunDiscreteScheduler": SchedulerTraits(sigma_schedules=True, eta=False),
     "KDPM2DiscreteScheduler": SchedulerTraits(sigma_schedules=True, eta=False),
     "KDPM2AncestralDiscreteScheduler": SchedulerTraits(sigma_schedules=True, eta=False),
-    "LCMScheduler": SchedulerTraits(sigma_schedules=False, eta=False),
-    "TCDScheduler": SchedulerTraits(sigma_schedules=False, eta=True),
+    "LCMScheduler": SchedulerTraits(sigma_schedules=False, eta=False, max_steps=50),
+    "TCDScheduler": SchedulerTraits(sigma_schedules=False, eta=True, max_steps=50),
 }
 
 
-def check_sampling(sampler: str | None, schedule: str, eta: float | None, model_scheduler: str) -> None:
-    """Admission: ``schedule`` works with the sampler's scheduler class and ``eta`` is used by it. ``sampler``
-    None is the model's own class, ``model_scheduler`` (its name, ``handler.model_scheduler``).
+def check_sampling(
+    sampler: str | None, schedule: str, eta: float | None, model_scheduler: str, steps: int | None = None
+) -> None:
+    """Admission: ``schedule`` works with the sampler's scheduler class, ``eta`` is used by it and it takes
+    ``steps`` (None: not checked). ``sampler`` None is the model's own class, ``model_scheduler`` (its name,
+    ``handler.model_scheduler``).
 
     Raises:
-        InvalidRequest: naming both of an impossible pair, or ``eta`` for a sampler without it.
+        InvalidRequest: naming both of an impossible pair, ``eta`` for a sampler without it, or more steps than
+            a distilled sampler's schedule has.
     """
     if sampler is None:
         name, shown = model_scheduler, f"the model's {model_scheduler}"
@@ -106,3 +111,10 @@ def check_sampling(sampler: str | None, schedule: str, eta: float | None, model_
         )
     if eta is not None and not traits.eta:
         raise InvalidRequest(f"`eta` is not used by `sampler` {shown}; leave it out", field="eta", value=eta)
+    if traits.max_steps is not None and steps is not None and steps > traits.max_steps:
+        raise InvalidRequest(
+            f"`num_inference_steps` {steps} is more than `sampler` {shown} takes: at most {traits.max_steps} (its "
+            "original_inference_steps)",
+            field="num_inference_steps",
+            value=steps,
+        )

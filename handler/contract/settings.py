@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from handler.contract.errors import ConfigError, InvalidRequest
+from handler.contract.fields import OUTPUT_FORMATS
 from handler.contract.parse import parse_request
-from handler.contract.request import OUTPUT_FORMATS, Defaults, Limits
+from handler.contract.request import Defaults, Limits
 from handler.contract.samplers import SAMPLER_NAMES, SCHEDULERS
 
 DEVICES = ("auto", "cpu", "cuda")

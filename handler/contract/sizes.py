@@ -87,24 +87,12 @@ def image_side(name: str, value: Any, limits: Any) -> int:
     return value
 
 
-def micro_conditioning(payload: dict[str, Any]) -> dict[str, tuple[int, int] | None]:
-    """The six micro-conditioning fields (None: the pipeline's default); the negative sizes go together."""
-    conditioning = {
-        name: size_pair(name, payload.get(name, default), low)
-        for name, default, low in (
-            ("original_size", None, 1),
-            ("crops_coords_top_left", [0, 0], 0),
-            ("target_size", None, 1),
-            ("negative_original_size", None, 1),
-            ("negative_crops_coords_top_left", [0, 0], 0),
-            ("negative_target_size", None, 1),
-        )
-    }
-    if (conditioning["negative_original_size"] is None) != (conditioning["negative_target_size"] is None):
-        given = "negative_original_size" if conditioning["negative_target_size"] is None else "negative_target_size"
+def check_negative_sizes(values: dict[str, Any]) -> None:
+    """The negative micro-conditioning sizes go together: both or neither (None: the positive ones)."""
+    if (values["negative_original_size"] is None) != (values["negative_target_size"] is None):
+        given = "negative_original_size" if values["negative_target_size"] is None else "negative_target_size"
         raise InvalidRequest(
             "`negative_original_size` and `negative_target_size` go together: send both or neither",
             field=given,
-            value=list(conditioning[given]),
+            value=list(values[given]),
         )
-    return conditioning

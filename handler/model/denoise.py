@@ -160,7 +160,7 @@ class Denoiser:
         scheduler = build_scheduler(request.sampler, request.schedule, request.eta, self.refiner.scheduler)
         scheduler.set_timesteps(request.num_inference_steps, device=self.device)
         timesteps = refiner_part(scheduler, request.denoising_end)
-        if len(state.timesteps) == 0 or len(timesteps) == 0:
+        if len(state.timesteps) == 0 or len(timesteps) == 0:  # refused at parse (handler.contract.steps) already
             raise InvalidRequest(
                 f"`denoising_end` {request.denoising_end} leaves {len(state.timesteps)} of the "
                 f"{request.num_inference_steps} steps to the base and {len(timesteps)} to the refiner; each needs "

@@ -25,15 +25,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from handler.contract.decode import decode_row, negotiate
+from handler.contract.fields import MAX_SEED
 from handler.contract.parse import parse_request
 from handler.contract.prompts import PromptTokenizers
-from handler.contract.request import MAX_SEED, Defaults, GenerationRequest, Limits
+from handler.contract.request import Defaults, GenerationRequest, Limits
 from handler.contract.settings import HandlerSettings
 from handler.contract.stages import Stage
 from handler.model.denoise import Denoiser
 from handler.model.loading import LoadedPipeline
 from handler.model.lora_catalogue import LoraCatalogue
 from handler.model.request_state import image_seeds
+from handler.model.step_table import live_step_plans
 from handler.runtime.engine import Engine
 from handler.runtime.flight import Flight
 from handler.runtime.metrics import Observation, call_metrics
@@ -101,6 +103,9 @@ class Core:
         self.settings = settings
         self.seed_source = seed_source
         self.tokenizers = PromptTokenizers(loaded.pipeline.tokenizer, getattr(loaded.pipeline, "tokenizer_2", None))
+        self.step_plans = None
+        if loaded.refiner is not None:
+            self.step_plans = live_step_plans(loaded.pipeline.scheduler, loaded.refiner.scheduler)
         catalogue = None
         if settings.lora_catalogue:
             catalogue = LoraCatalogue(
@@ -171,7 +176,7 @@ class Core:
 
     def parse_row(self, row: Any, accept: str | None) -> GenerationRequest:
         """One row (with its ``Accept`` header) -> a valid request with its seed drawn; raises InvalidRequest."""
-        request = parse_request(negotiate(decode_row(row), accept), *self._bounds, self.tokenizers)
+        request = parse_request(negotiate(decode_row(row), accept), *self._bounds, self.tokenizers, self.step_plans)
         return request if request.seed is not None else replace(request, seed=self.seed_source())
 
     def run(self, call: Call, emit: Emitter | None = None, sequential: bool = False) -> Call:

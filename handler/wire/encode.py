@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from handler.contract.request import IMAGE_CONTENT_TYPES
+from handler.contract.fields import IMAGE_CONTENT_TYPES
 from handler.contract.settings import HandlerSettings
 from handler.wire.events import PREVIEW, PROGRESS, event_line
 

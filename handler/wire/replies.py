@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from handler.contract.errors import ResponseTooLarge, as_serving_error, error_document
-from handler.contract.request import IMAGE_CONTENT_TYPES, GenerationRequest
+from handler.contract.fields import IMAGE_CONTENT_TYPES
+from handler.contract.request import GenerationRequest
 from handler.wire.encode import json_body
 from handler.wire.events import ERROR, RESULT, event_line
 

@@ -72,7 +72,7 @@ async def generate(request: Request) -> JSONResponse:
             )
     # Checked as the dispatcher will send it: streamed (so `preview_every` is allowed).
     model = app.handler_settings
-    parsed = parse_request({**payload, "stream": True}, model.limits, model.defaults, app.tokenizers)
+    parsed = parse_request({**payload, "stream": True}, model.limits, model.defaults, app.tokenizers, app.step_plans)
     if "webhook" in job_fields:
         webhooks.check_webhook(job_fields["webhook"], settings)
     if "metadata" in job_fields:

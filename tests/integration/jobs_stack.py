@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+import yaml
 
 from scripts.jobs_control import JobProcess, RedisServer, write_jobs_config
 from scripts.torchserve_control import REPO_ROOT
@@ -44,6 +47,11 @@ class JobStack:
             "tokenizer_path": str(Path(self.torchserve.model_store).parent / "build" / "tiny-sdxl"),
             **self.settings,
         }
+        if yaml.safe_load(Path(self.model_yaml).read_text())["handler"].get("refiner_path"):
+            table = self.folder / "step_table.json.gz"  # the refiner's step split, checked at submit
+            subprocess.run([sys.executable, "-m", "handler.model.step_table", self.model_yaml,
+                            settings["tokenizer_path"], str(table)], check=True, cwd=REPO_ROOT)  # fmt: skip
+            settings.setdefault("step_table_path", str(table))
         self.config = write_jobs_config(self.folder, **settings)
         self.gateway = JobProcess("gateway", self.config, self.folder, env=self.env).start()
         for _ in range(dispatchers):

@@ -3,9 +3,10 @@ gateway (POST /generate) as from TorchServe (/predictions), with the same 400 me
 
 The model has a LoRA catalogue (ink, film) and a refiner (tests/integration/conftest.py's options_server), so
 catalogue names, sampler x schedule x eta pairs, prompts past the text encoders' 77 tokens and the refiner's
-fields are all decided by the contract at parse. Not drawn: a ``denoising_end`` that leaves the base or the
-refiner no step (that split needs the scheduler's timesteps, still checked by the model at admission), and the
-transport fields the job API chooses itself (``stream``, ``response_format``, ``preview_every``).
+fields, down to a ``denoising_end`` that leaves the base or the refiner no step (the gateway reads the model's
+stage schedules from the table ``python -m handler.model.step_table`` writes), are all decided by the contract at
+parse. Not drawn: the transport fields the job API chooses itself (``stream``, ``response_format``,
+``preview_every``).
 """
 
 from __future__ import annotations
@@ -49,13 +50,17 @@ bodies = st.fixed_dictionaries(
 refined = st.fixed_dictionaries(
     {
         "prompt": st.just("a refined fox"),
-        "denoising_end": st.sampled_from([0.5, 1.5]),
-        "num_inference_steps": st.just(4),
-    }
+        "denoising_end": st.sampled_from([0.01, 0.05, 0.3, 0.5, 0.8, 0.97, 0.999, 1.5]),
+        "num_inference_steps": st.integers(1, 5),
+    },
+    optional={
+        "sampler": st.sampled_from(["euler", "heun", "dpm2", "dpmpp_2m", "ddim", "lcm"]),
+        "schedule": st.sampled_from(["default", "trailing", "karras"]),
+    },
 )
 
 
-@settings(max_examples=70, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=90, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.one_of(bodies, refined))
 def test_the_gateway_accepts_exactly_what_predictions_accepts(doors, body):
     stack, server = doors

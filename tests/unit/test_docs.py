@@ -50,7 +50,7 @@ def _curl_bodies(text: str) -> list[str]:
 
 
 def test_every_field_in_a_readme_or_docs_example_is_an_accepted_field():
-    from handler.contract.fields import FIELDS
+    from handler.contract.fields import FIELD_NAMES as FIELDS
     from jobs.routers.submit import JOB_FIELDS  # POST /generate's own fields beside the schema
 
     errors = _requests_section("## Errors")
@@ -78,7 +78,7 @@ def test_the_readme_error_examples_are_the_errors_the_server_gives():
 
 
 def test_the_readme_response_sample_shows_every_parameter_stage_and_accounting_key():
-    from handler.contract.fields import FIELDS
+    from handler.contract.fields import FIELD_NAMES as FIELDS
     from handler.contract.stages import Stage
 
     sample = json.loads(_requests_section("## Response (200)").split("```json", 1)[1].split("```", 1)[0])

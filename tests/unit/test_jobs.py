@@ -193,7 +193,7 @@ def test_the_job_manifests_agree_with_the_settings_and_the_model():
 def test_the_openapi_document_shows_the_request_schema_from_the_field_table(tmp_path):
     from fastapi.testclient import TestClient
 
-    from handler.contract.fields import FIELDS
+    from handler.contract.fields import FIELD_NAMES as FIELDS
     from jobs.gateway import create_app
     from jobs.routers.submit import JOB_FIELDS, TRANSPORT_FIELDS
 

@@ -4,10 +4,11 @@ import pytest
 
 from handler.contract.decode import negotiate
 from handler.contract.errors import InvalidRequest
-from handler.contract.fields import FIELDS
+from handler.contract.fields import FIELD_NAMES as FIELDS
+from handler.contract.fields import MAX_SEED
 from handler.contract.parse import parse_request
 from handler.contract.reference import markdown_table
-from handler.contract.request import MAX_SEED, Defaults, GenerationRequest, Limits
+from handler.contract.request import Defaults, GenerationRequest, Limits
 from tests.images import b64, half_mask, picture
 
 
@@ -116,8 +117,8 @@ INVALID = [
     ({"prompt": "x", "stream": 1}, "stream", "`stream` must be true or false but is a number 1"),
     ({"prompt": "x", "preview_every": 2}, "preview_every", "`preview_every` needs `stream: true`"),
     ({"prompt": "x", "stream": True, "preview_every": -1}, "preview_every", "between 0 and 100 but is -1"),
-    ({"prompt": "x", "timeout_s": 0}, "timeout_s", "`timeout_s` must be greater than 0 but is 0.0"),
-    ({"prompt": "x", "timeout_s": 601}, "timeout_s", "`timeout_s` must be between 0.0 and 600.0 but is 601"),
+    ({"prompt": "x", "timeout_s": 0}, "timeout_s", "`timeout_s` must be greater than 0 and at most 600.0 but is 0"),
+    ({"prompt": "x", "timeout_s": 601}, "timeout_s", "`timeout_s` must be greater than 0 and at most 600.0 but is 601"),
     ({"prompt": "x", "response_format": "b64"}, "response_format", "one of json, image but is 'b64'"),
     ({"prompt": "x", "response_format": "image", "stream": True}, "stream", "cannot be combined with an image"),
     (

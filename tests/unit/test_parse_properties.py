@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 from handler.contract.decode import decode_row
 from handler.contract.errors import InvalidRequest
-from handler.contract.fields import FIELDS
+from handler.contract.fields import FIELD_NAMES as FIELDS
+from handler.contract.fields import MAX_SEED, OUTPUT_FORMATS
 from handler.contract.parse import parse_request
-from handler.contract.request import MAX_SEED, OUTPUT_FORMATS, Limits
+from handler.contract.request import Limits
 
 LIMITS = Limits()
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)

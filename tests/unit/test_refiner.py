@@ -154,11 +154,11 @@ def serve(core, bodies, continuous):
 @pytest.mark.parametrize(
     ("body", "field", "message"),
     [
-        ({"denoising_end": 1.0}, "denoising_end", r"between 0 and 1 \(exclusive\) but is 1.0"),
+        ({"denoising_end": 1.0}, "denoising_end", r"between 0.0 and 1.0 \(exclusive\) but is 1.0"),
         ({"denoising_end": "0.8"}, "denoising_end", r"must be a number"),
         ({"denoising_end": 0.1}, "denoising_end", r"leaves 0 of the 4 steps to the base and 4 to the refiner"),
         ({"denoising_end": 0.999}, "denoising_end", r"leaves 4 of the 4 steps to the base and 0 to the refiner"),
-        ({"aesthetic_score": 5}, "aesthetic_score", r"conditions the refiner: it needs `denoising_end`"),
+        ({"aesthetic_score": 5}, "aesthetic_score", "`aesthetic_score` applies only with `denoising_end`"),
         ({"denoising_end": 0.8, "aesthetic_score": 11}, "aesthetic_score", r"between 0.0 and 10.0 but is 11"),
         ({"denoising_end": 0.8, "image": IMAGE, "mask_image": MASK}, "denoising_end", r"does not apply to inpainting"),
     ],

@@ -111,6 +111,21 @@ def test_bad_sampling_values_are_400s_naming_field_and_value_beside_good_request
     assert "trailing" in errors[1]["message"]  # what it does work with
 
 
+@pytest.mark.parametrize("sampler", ["lcm", "tcd"])
+def test_more_steps_than_a_distilled_samplers_schedule_is_a_400_not_a_failed_generation(tiny_loaded, tiny_settings,
+                                                                                       sampler):  # fmt: skip
+    limits = tiny_settings.limits.__class__(**{**tiny_settings.limits.__dict__, "max_inference_steps": 100})
+    wide = Core(tiny_loaded, tiny_settings.with_changes(limits=limits))
+    bodies = [{"prompt": "x", "sampler": sampler, "num_inference_steps": steps} for steps in (50, 51)]
+    replies = wide.handle([{"body": json.dumps(b).encode()} for b in bodies])
+    assert [r.status for r in replies] == [200, 400]
+    error = replies[1].json()["error"]
+    assert (
+        error["field"] == "num_inference_steps"
+        and f"more than `sampler` '{sampler}' takes: at most 50" in (error["message"])
+    )
+
+
 def test_limits_samplers_narrows_the_choice(tiny_loaded, tiny_settings):
     from handler.contract.settings import HandlerSettings
 
@@ -129,6 +144,8 @@ def test_the_contracts_scheduler_traits_are_diffusers_own():
         schedules = tuple(s for s, options in SCHEDULES.items() if all(key in parameters for key in options))
         assert traits.schedules == schedules, name
         assert traits.eta == ("eta" in inspect.signature(cls.step).parameters), name
+        steps = parameters.get("original_inference_steps")  # LCM / TCD: set_timesteps refuses more
+        assert traits.max_steps == (steps.default if steps else None), name
     assert {spec.scheduler for spec in SAMPLERS.values()} <= set(SCHEDULERS)
     assert "karras" not in SCHEDULERS["DDIMScheduler"].schedules
 

@@ -62,7 +62,9 @@ def test_bad_size_values_name_the_field(body, field, message):
 
 def test_an_aspect_ratio_outside_the_models_sizes_is_a_400_naming_it():
     with pytest.raises(Exception) as raised:
-        parse_request({"prompt": "x", "aspect_ratio": "1:1"}, Limits(min_size=32, max_size=512), Defaults())
+        parse_request(
+            {"prompt": "x", "aspect_ratio": "1:1"}, Limits(min_size=32, max_size=512), Defaults(width=64, height=64)
+        )
     assert raised.value.field == "aspect_ratio" and "1024x1024, outside this model's sizes 32..512" in str(raised.value)
 
 
