@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
+from handler.wire.events import STATUS, STREAM_EVENTS
+
 from .. import metrics
 from ..access import owner_of, services
+from ..state import STATUSES
 
 PAGE = Path(__file__).parent.parent / "page.html"
+
+
+def page_html() -> str:
+    """The page, with the event and status names it reads filled in from their one definition."""
+    names = {"EVENT": {name: name for name in (*STREAM_EVENTS, STATUS)}, "JOB_STATUS": {s: s for s in STATUSES}}
+    text = PAGE.read_text()
+    for constant, values in names.items():
+        text = text.replace(f"/*{constant}*/{{}}", json.dumps(values))
+    return text
 
 router = APIRouter()
 
@@ -50,7 +63,7 @@ async def prometheus(request: Request) -> PlainTextResponse:
 @router.get("/", summary="The web page", include_in_schema=False)
 async def page() -> HTMLResponse:
     return HTMLResponse(
-        PAGE.read_text(),
+        page_html(),
         headers={
             "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' "
             "'unsafe-inline'; script-src 'self' 'unsafe-inline'",

@@ -207,3 +207,20 @@ def test_the_openapi_document_shows_the_request_schema_from_the_field_table(tmp_
     assert body["properties"]["sampler"]["anyOf"][0]["enum"][0] == "euler"
     assert "1..50" in body["properties"]["num_inference_steps"]["description"]  # tiny-sdxl.yaml's bound
     assert {"/jobs/{job_id}", "/jobs/{job_id}/events", "/queue"} <= set(document["paths"])
+
+
+def test_the_page_names_events_and_statuses_from_their_one_definition():
+    import re
+
+    from handler.wire.events import PREVIEW, PROGRESS, STATUS
+    from jobs.routers.service import PAGE, page_html
+    from jobs.state import STATUSES
+
+    source = PAGE.read_text()
+    script = source[source.index("<script") :]
+    for name in (PROGRESS, PREVIEW, STATUS, *STATUSES):
+        # spelled through EVENT / JOB_STATUS only (element ids, `$("progress")`, are the page's own)
+        assert not re.search(rf"""(?<!\$\()["']{name}["']""", script), name
+    served = page_html()
+    assert "/*EVENT*/" not in served and "/*JOB_STATUS*/" not in served
+    assert f'"{PROGRESS}": "{PROGRESS}"' in served and '"completed": "completed"' in served
