@@ -1,6 +1,6 @@
 """Build the TorchServe model archive for SDXL with torch-model-archiver.
 
-    python scripts/build_archive.py --model tiny                        # tiny model -> model_store/*.mar
+    python scripts/build_archive.py --model tiny                        # tiny model -> build/model_store/*.mar
     python scripts/build_archive.py --model /models/sdxl-base-1.0       # a local diffusers folder
     python scripts/build_archive.py --model stabilityai/stable-diffusion-xl-base-1.0   # hub id (online)
 
@@ -60,7 +60,7 @@ def stage_handler(build_dir: Path) -> Path:
 def build_archive(
     model: str,
     config: Path | None = None,
-    export_path: Path = REPO_ROOT / "model_store",
+    export_path: Path = REPO_ROOT / "build" / "model_store",
     archive_format: str | None = None,
     model_name: str = MODEL_NAME,
     version: str = "1.0",
@@ -73,7 +73,8 @@ def build_archive(
     Args:
         model (`str`): "tiny", a local diffusers folder, or a hub id.
         config (`Path`, defaults to config/tiny-sdxl.yaml for tiny, else config/sdxl-base.yaml): the model yaml.
-        export_path (`Path`, defaults to model_store/): where the archive goes (replaced if present).
+        export_path (`Path`, defaults to build/model_store/): where the archive goes (replaced if present). The
+            repository's model_store/ is left to the README's by-hand commands.
         archive_format (`str`, defaults to "default" for tiny, else "no-archive"): torch-model-archiver's format.
         model_name (`str`, defaults to "stable-diffusion-xl"): the name in /predictions/<name>.
         version (`str`, defaults to "1.0"): the model version.
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the SDXL TorchServe model archive.")
     parser.add_argument("--model", default="tiny", help="tiny (default), a diffusers folder, or a hub id")
     parser.add_argument("--config", type=Path, help="model yaml (default: config/tiny-sdxl.yaml or sdxl-base.yaml)")
-    parser.add_argument("--export-path", type=Path, default=REPO_ROOT / "model_store")
+    parser.add_argument("--export-path", type=Path, default=REPO_ROOT / "build" / "model_store")
     parser.add_argument("--archive-format", choices=["default", "no-archive", "tgz"])
     parser.add_argument("--model-name", default=MODEL_NAME)
     parser.add_argument("--version", default="1.0")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from scripts.torchserve_control import MODEL_NAME, SHIPPED_CONFIG, TorchServe  # noqa: E402
 
-MODEL_STORE = REPO_ROOT / "model_store"
+MODEL_STORE = REPO_ROOT / "build" / "model_store"  # build_archive.py's; model_store/ is the by-hand one
 
 
 def local_server(config: Path = SHIPPED_CONFIG) -> TorchServe:
@@ -31,7 +31,7 @@ def local_server(config: Path = SHIPPED_CONFIG) -> TorchServe:
 def start(server: TorchServe, timeout: float) -> None:
     archives = [p for p in MODEL_STORE.iterdir() if p.name.startswith(MODEL_NAME)] if MODEL_STORE.exists() else []
     if not archives:
-        raise SystemExit("no archive in model_store/: run `python scripts/build_archive.py` first")
+        raise SystemExit(f"no archive in {MODEL_STORE}: run `python scripts/build_archive.py` first")
     server.start()
     print(f"TorchServe starting (logs: {server.log_file.parent}); waiting for {MODEL_NAME} to be READY ...")
     try:

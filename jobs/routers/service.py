@@ -26,6 +26,7 @@ def page_html() -> str:
         text = text.replace(f"/*{constant}*/{{}}", json.dumps(values))
     return text
 
+
 router = APIRouter()
 
 

@@ -3,6 +3,7 @@
 import base64
 import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -177,6 +178,25 @@ def test_build_core_prefers_the_yaml_model_path(tiny_model_dir, tmp_path):
     warmup = [{"width": 64, "height": 64, "num_inference_steps": 1}]  # the default 1024 px takes minutes
     core = build_core(str(tmp_path), {"handler": {"model_path": str(tiny_model_dir), "warmup": warmup}})
     assert core.loaded.source == str(tiny_model_dir)
+
+
+def test_without_a_yaml_the_default_size_is_the_models_own_and_each_warmup_shape_is_logged(tiny_model_dir, caplog):
+    from handler.runtime.startup import build_core
+
+    with caplog.at_level(logging.INFO, logger="handler.runtime.startup"):
+        core = build_core(str(tiny_model_dir), None)  # an archive built without --config-file
+    assert (core.settings.defaults.width, core.settings.defaults.height) == (64, 64)  # 32 x 2, not SDXL's 1024
+    assert "default size 64x64: the model's own" in caplog.text
+    assert "warmup 64x64 x1, 2 steps: starting" in caplog.text and "warmup 64x64 x1, 2 steps: " in caplog.text
+
+
+def test_a_warmup_past_the_start_up_budget_fails_saying_what_to_change(tiny_loaded, tiny_settings):
+    from handler.contract.errors import ConfigError
+    from handler.contract.settings import WarmupShape
+
+    slow = Core(tiny_loaded, tiny_settings.with_changes(warmup=(WarmupShape(512, 512, 50, 1),)))
+    with pytest.raises(ConfigError, match=r"warmup 512x512 x1, 50 steps did not finish within the start-up budget"):
+        warm_up(slow, budget_s=0.2)  # 50 steps at 512 px take seconds on a CPU
 
 
 def test_parallel_image_encoding_gives_the_same_bytes_as_serial(tiny_loaded, tiny_settings):
