@@ -42,10 +42,12 @@ async def view(connection: HTTPConnection, record: dict[str, str]) -> dict[str, 
     position = estimated = None
     jobs = services(connection)
     if record["status"] == "pending":
-        position = await jobs.queue.position(record["id"])
-        rate, mean_run = await jobs.state.throughput()
-        if position is not None and rate:
-            estimated = (position + 1) / rate + (mean_run or 0.0)
+        # Not in the queue list while pending: a dispatcher took it a moment ago and starts it now.
+        position = await jobs.queue.position(record["id"]) or 0
+        rate = await jobs.state.service_rate()
+        if rate is not None:
+            _queued, running = await jobs.queue.depth()
+            estimated = rate.estimate(position, running)
     return job_view(
         record,
         base_url=str(connection.base_url).rstrip("/"),

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from handler.wire.events import PROGRESS, STATUS
 
+from .eta import RECENT, ServiceRate
 from .state_scripts import SUBMIT, TRANSITION, WITHDRAW
 
 TERMINAL = ("completed", "failed", "canceled")
@@ -82,7 +83,7 @@ class JobState:
 
     STATS = "sdxl:stats"
     PENDING = "sdxl:pending"  # records of pending jobs, all keys: the overall cap
-    DONE = "sdxl:done"  # zset of completion times: the throughput behind estimated_time
+    DONE = "sdxl:done"  # zset of (finished_at, run_s) by finish time: the service rate behind estimated_time
 
     # -- writes ---------------------------------------------------------------------------------------
 
@@ -225,7 +226,7 @@ class JobState:
             if name == "run":
                 now = time.time()
                 pipe.zadd(self.DONE, {f"{now}:{seconds}": now})
-                pipe.zremrangebyscore(self.DONE, 0, now - 300)
+                pipe.zremrangebyrank(self.DONE, 0, -2 * RECENT - 1)  # the last ones, however old
             await pipe.execute()
 
     # -- reads ----------------------------------------------------------------------------------------
@@ -254,16 +255,11 @@ class JobState:
         """False once a job's event log expired."""
         return bool(await self.redis.exists(self.events_key(job_id)))
 
-    async def throughput(self, window_s: float = 60.0) -> tuple[float | None, float | None]:
-        """(jobs finished per second over the last ``window_s``, their mean run time), or Nones before any."""
-        now = time.time()
-        entries = await self.redis.zrangebyscore(self.DONE, now - window_s, now)
-        if not entries:
-            return None, None
-        runs = [float(e.decode().split(":", 1)[1]) for e in entries]
-        first = float(entries[0].decode().split(":", 1)[0])
-        span = max(now - first, sum(runs) / len(runs), 1.0)
-        return len(entries) / span, sum(runs) / len(runs)
+    async def service_rate(self) -> ServiceRate | None:
+        """The rate of the last jobs finished (:mod:`jobs.eta`), or None before any."""
+        entries = await self.redis.zrevrange(self.DONE, 0, RECENT - 1)
+        pairs = [entry.decode().split(":", 1) for entry in entries]
+        return ServiceRate.of([(float(finished), float(run)) for finished, run in pairs])
 
     async def stats(self) -> dict[str, int]:
         raw = await self.redis.hgetall(self.STATS)

@@ -67,6 +67,7 @@ def build_archive(
     build_dir: Path = BUILD_DIR,
     handler_file: Path | None = None,
     weights_by_path: bool = False,
+    continuous: bool | None = None,
 ) -> Path:
     """Build the archive; returns its path (a .mar file, a .tar.gz, or a folder for no-archive).
 
@@ -83,6 +84,8 @@ def build_archive(
             benchmark swaps in its baseline here).
         weights_by_path (`bool`, defaults to False): leave the weights out of the archive and point the yaml's
             ``handler.model_path`` at them (for weights on a mounted volume; nothing is copied).
+        continuous (`bool`, defaults to None): set the yaml's ``continuousBatching`` (the scheduling mode) to
+            this; None keeps the yaml's.
     """
     # 1. Inputs.
     is_tiny = model == "tiny"
@@ -97,12 +100,15 @@ def build_archive(
     weights = Path(model) if by_reference else resolve_weights(model, build_dir)
     stage = stage_handler(build_dir)
     extra_files = f"{weights},{stage}"
-    if weights_by_path:
+    if weights_by_path or continuous is not None:  # a build copy of the yaml, changed
         model_yaml = yaml.safe_load(config.read_text())
-        model_yaml.setdefault("handler", {})["model_path"] = str(Path(weights).resolve())
+        if weights_by_path:
+            model_yaml.setdefault("handler", {})["model_path"] = str(Path(weights).resolve())
+            extra_files = str(stage)
+        if continuous is not None:
+            model_yaml["continuousBatching"] = continuous
         config = build_dir / f"{model_name}.yaml"
         config.write_text(yaml.safe_dump(model_yaml, sort_keys=False))
-        extra_files = str(stage)
 
     # 3. Archive.
     archiver = tool("torch-model-archiver")
@@ -135,6 +141,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="leave the weights out; the yaml's handler.model_path points at them (a mounted volume)",
     )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--continuous", action="store_const", const=True, help="continuousBatching: true")
+    mode.add_argument("--static", dest="continuous", action="store_const", const=False, help="... false")
     args = parser.parse_args(argv)
     path = build_archive(
         args.model,
@@ -144,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
         args.model_name,
         args.version,
         weights_by_path=args.weights_by_path,
+        continuous=args.continuous,
     )
     print(f"archive written: {path}")
 

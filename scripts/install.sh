@@ -40,9 +40,10 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 if [ -n "$TORCH_SPEC" ]; then
-  python -m pip install -q "$TORCH_SPEC" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+  # -qq: errors only (a pip config with missing find-links folders warns once per package)
+  python -m pip install -qq "$TORCH_SPEC" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
-python -m pip install -q ${EDITABLE--e} ".[${EXTRAS}]"
+python -m pip install -qq ${EDITABLE--e} ".[${EXTRAS}]"
 python - <<'PY'
 import torch, diffusers, transformers
 print(f"installed: torch {torch.__version__}, diffusers {diffusers.__version__}, transformers {transformers.__version__}")

@@ -25,7 +25,7 @@ from scripts.jobs_control import JobProcess, RedisServer, write_jobs_config  # n
 DATA = REPO_ROOT / "jobs-data"
 PIDS = DATA / "pids.json"
 GATEWAY_PORT = 8090
-REDIS_PORT = 6390
+REDIS_PORT = 6390  # the demo's own Redis, beside any on 6379 (config/jobs.yaml's, for a Redis you run)
 
 
 def start() -> dict:
@@ -47,6 +47,7 @@ def start() -> dict:
     pids = {"redis": redis.process.pid, "gateway": gateway.process.pid, "dispatcher": dispatcher.process.pid}
     PIDS.write_text(json.dumps(pids))
     print(f"job API on {gateway.url} (web page: {gateway.url}/), keys in jobs_keys.json; logs in {DATA}")
+    print(f"Redis (the demo's own) on {redis.url}; these settings: {config}")
     return pids
 
 

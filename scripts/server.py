@@ -4,6 +4,7 @@
     python scripts/server.py predict "a red fox in snow" --seed 7 -o outputs/fox.png
     python scripts/server.py stop
     python scripts/server.py demo             # build the tiny archive if missing, start, predict, keep running
+    python scripts/server.py demo --continuous   # the same, rebuilt in step-level continuous batching
 
 The server runs from the repository root, so TorchServe's token keys land in ./key_file.json and logs in
 ./logs/. `predict` reads the inference key from key_file.json.
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--seed", type=int)
         command.add_argument("--steps", type=int)
         command.add_argument("-o", "--output", type=Path, default=REPO_ROOT / "outputs" / "sample.png")
+    mode = sub.choices["demo"].add_mutually_exclusive_group()
+    mode.add_argument("--continuous", action="store_const", const=True, help="rebuild: continuousBatching true")
+    mode.add_argument("--static", dest="continuous", action="store_const", const=False, help="rebuild: false")
     args = parser.parse_args(argv)
     server = local_server()
 
@@ -86,11 +90,12 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "predict":
         predict(server, args.prompt, args.seed, args.steps, args.output)
     elif args.command == "demo":
-        if not (MODEL_STORE / f"{MODEL_NAME}.mar").exists():
+        if args.continuous is not None or not (MODEL_STORE / f"{MODEL_NAME}.mar").exists():
             from scripts.build_archive import build_archive
 
-            print("building the tiny SDXL model and its archive ...")
-            build_archive("tiny")
+            mode = {None: "", True: " (continuous batching)", False: " (static batching)"}[args.continuous]
+            print(f"building the tiny SDXL model and its archive{mode} ...")
+            build_archive("tiny", continuous=args.continuous)
         start(server, args.timeout)
         predict(server, args.prompt, args.seed, args.steps, args.output)
         key = server.keys().get("inference", "<key from key_file.json>")

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
@@ -38,6 +39,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def listening(url: str) -> bool:
+    """Whether something accepts connections at ``url``'s host and port."""
+    address = urlsplit(url)
+    try:
+        with socket.create_connection((address.hostname, address.port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def loopback_addresses() -> dict[str, str]:
@@ -144,7 +155,9 @@ class TorchServe:
             )
         pid_file = self.workdir / "temp" / ".model_server.pid"
         deadline = time.monotonic() + timeout
-        while pid_file.exists() and time.monotonic() < deadline:
+        # Stopped means the ports are free: the frontend outlives its pid file by seconds.
+        urls = (self.inference_url, self.management_url, self.metrics_url)
+        while (pid_file.exists() or any(listening(url) for url in urls)) and time.monotonic() < deadline:
             time.sleep(0.2)
 
     # -- keys and requests ------------------------------------------------------------------------

@@ -5,8 +5,10 @@ Real SDXL weights and the tiny test model go through the same ``from_pretrained`
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +99,35 @@ def fuse_loras(pipeline: Any, loras: tuple) -> None:
     log.info("fused %d LoRA(s): %s", len(loras), ", ".join(f"{lora.path} x{lora.scale}" for lora in loras))
 
 
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No progress bars and no third-party notices in the model log while loading (transformers' "requires
+    torchvision" for image processors SDXL never uses, diffusers' per-component bars); errors still show."""
+    import diffusers
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity(), diffusers.utils.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(verbosity[0])
+        diffusers.utils.logging.set_verbosity(verbosity[1])
+        transformers.logging.enable_progress_bar()
+        diffusers.utils.logging.enable_progress_bar()
+
+
 def load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = None) -> LoadedPipeline:
+    """Load ``source`` (a diffusers folder or hub id) as configured by ``settings`` (quietly: see
+    :func:`quiet_loading`)."""
+    with quiet_loading():
+        return _load_pipeline(source, settings, gpu_id)
+
+
+def _load_pipeline(source: str, settings: HandlerSettings, gpu_id: int | None = None) -> LoadedPipeline:
     """Load ``source`` (a diffusers folder or hub id) as configured by ``settings``.
 
     Args:

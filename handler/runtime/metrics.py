@@ -43,7 +43,8 @@ STAGE = MetricSpec(
     "histogram",
     "Dekaseconds",
     ("Stage",),
-    "Time per stage of a request: text_encoding, denoising, vae_decode, image_encoding",
+    "Time per stage of a request: text_encoding, vae_encode (img2img, inpainting), denoising, vae_decode, "
+    "image_encoding",
 )
 IMAGES = MetricSpec("sdxl_images_generated_total", "counter", "Count", (), "Images returned to clients")
 REQUESTS = MetricSpec(
@@ -174,3 +175,14 @@ if __name__ == "__main__":
     import yaml
 
     print(yaml.safe_dump({"model_metrics": model_metrics_config()}, sort_keys=False))
+
+
+def markdown_table() -> str:
+    """The handler's metrics as docs/deploy.md shows them (``python -m handler.runtime.metrics``)."""
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{m.name}` | {m.kind} | {', '.join(f'`{label}`' for label in m.labels)} | {m.help} |" for m in METRICS]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

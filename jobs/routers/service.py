@@ -13,6 +13,7 @@ from handler.wire.events import STATUS, STREAM_EVENTS
 
 from .. import metrics
 from ..access import owner_of, services
+from ..eta import ETA_MODEL
 from ..state import STATUSES
 
 PAGE = Path(__file__).parent.parent / "page.html"
@@ -34,15 +35,16 @@ router = APIRouter()
 async def queue_info(request: Request) -> JSONResponse:
     owner_of(request)
     queued, running = await services(request).queue.depth()
-    rate, mean_run = await services(request).state.throughput()
+    rate = await services(request).state.service_rate()
     return JSONResponse(
         {
             "depth": queued,
             "running": running,
-            "throughput_jobs_per_s": None if rate is None else round(rate, 4),
-            "mean_run_s": None if mean_run is None else round(mean_run, 3),
-            "estimated_drain_s": None if not rate else round(queued / rate, 1),
-            "eta_model": "estimated_time = (queue_position + 1) / throughput + mean_run_s, over the last 60 s",
+            "throughput_jobs_per_s": None if rate is None else round(rate.jobs_per_s, 4),
+            "mean_run_s": None if rate is None else round(rate.mean_run_s, 3),
+            "slots": None if rate is None else rate.slots,
+            "estimated_drain_s": None if rate is None else round(rate.drain_s(queued, running), 1),
+            "eta_model": ETA_MODEL,
         }
     )
 

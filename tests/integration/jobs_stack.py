@@ -173,6 +173,15 @@ def parse_sse(lines) -> list[dict]:
     return events
 
 
+def requests_answered(server, at_least: float, timeout: float = 60) -> float:
+    """TorchServe's answered-request count once it reached ``at_least`` (its metrics lag its replies by up to
+    seconds on a loaded machine), or as it is after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (count := torchserve_requests(server)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return count
+
+
 def torchserve_requests(server) -> float:
     """Requests the handler has answered (all outcomes), from TorchServe's /metrics."""
     text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text

@@ -19,7 +19,10 @@ def send_load(server, count: int):
 
     def send(i):
         try:
-            return server.predict({"prompt": f"in flight {i}", "num_inference_steps": 25, "seed": i}, timeout=120)
+            # 50 steps at 128 px: seconds per batch of 4 on any CPU, so the stop 1 s in lands mid-batch (25 steps
+            # at 64 px finished a batch within that second on an idle machine).
+            body = {"prompt": f"in flight {i}", "num_inference_steps": 50, "width": 128, "height": 128, "seed": i}
+            return server.predict(body, timeout=300)
         except requests.ConnectionError as exc:
             return exc
 

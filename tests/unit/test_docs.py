@@ -22,6 +22,14 @@ def test_the_request_table_matches_the_field_table_and_sdxl_yaml():
     assert table == markdown_table(settings.limits, settings.defaults)
 
 
+def test_the_metrics_table_is_the_handlers_metric_specs():
+    from handler.runtime.metrics import markdown_table as metrics_table
+
+    text = (REPO_ROOT / "docs" / "deploy.md").read_text()
+    table = re.search(r"<!-- metrics-table:start -->\n(.*?)\n<!-- metrics-table:end -->", text, re.S).group(1)
+    assert table == metrics_table()
+
+
 def test_readme_quickstart_is_the_three_scripts_and_ci_runs_the_test_one():
     readme = (REPO_ROOT / "README.md").read_text()
     quickstart = readme.split("## Quickstart", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
