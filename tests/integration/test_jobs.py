@@ -73,6 +73,7 @@ def test_positions_and_estimates_fall_as_the_jobs_ahead_run(stack):
 def test_a_pending_job_canceled_never_reaches_torchserve(tmp_path, model_store):
     """On a TorchServe of its own, so its request counter counts this test's jobs alone (a shared server's
     counter still takes the previous test's last batch in: TorchServe's metrics lag its responses)."""
+    (tmp_path / "torchserve").mkdir()
     server = start_server(tmp_path / "torchserve", model_store)
     idle = JobStack(tmp_path / "jobs", server).start(dispatchers=0)
     try:
