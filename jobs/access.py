@@ -3,6 +3,7 @@ see it (another key's job is as absent as a missing one)."""
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -22,10 +23,17 @@ def owner_of(connection: HTTPConnection, authorization: str | None = None) -> st
     if not settings.auth:
         return "default"
     scheme, _, token = (authorization or connection.headers.get("authorization") or "").partition(" ")
-    owner = connection.app.state.keys.get(token.strip()) if scheme.lower() == "bearer" else None
+    if scheme.lower() == "basic":  # A1111 clients' --api-auth: any user name, the key as the password
+        try:
+            token = base64.b64decode(token.strip(), validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            token = ""
+    owner = connection.app.state.keys.get(token.strip()) if scheme.lower() in ("bearer", "basic") else None
     if owner is None:
         raise Unauthorized(
-            "missing or unknown API key: send `Authorization: Bearer <key>`", headers={"WWW-Authenticate": "Bearer"}
+            "missing or unknown API key: send `Authorization: Bearer <key>` (or HTTP basic auth, the key as the "
+            "password)",
+            headers={"WWW-Authenticate": "Bearer"},
         )
     return owner
 

@@ -61,3 +61,13 @@ class TooManyJobs(JobApiError):
     """This key has ``max_open_per_key`` unfinished jobs."""
 
     status, phrase = 429, "Too Many Requests"
+
+
+class ModelNotFound(NotFound):
+    """A ``model`` this server does not serve (the OpenAI-compatible routes)."""
+
+
+class StillRunning(JobApiError):
+    """A synchronous route's wait (``max_wait_s``) ended before the job did; the job goes on (GET /jobs/{id})."""
+
+    status, phrase = 504, "Gateway Timeout"

@@ -27,9 +27,11 @@ from handler.contract.reference import json_schema
 from handler.contract.settings import HandlerSettings
 from handler.contract.steps import StepPlans
 
-from .routers import jobs, service, submit
+from .protocols import openai_images
+from .routers import jobs, openai, service, submit
 from .services import Services
 from .settings import JobSettings, load_api_keys
+from .submission import MAX_METADATA_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +58,22 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
     app.state.keys = load_api_keys(settings)
 
     @app.exception_handler(ServingError)
-    async def serving_error(_request: Request, exc: ServingError) -> JSONResponse:
-        return JSONResponse({"error": error_document(exc)}, status_code=exc.status, headers=getattr(exc, "headers", {}))
+    async def serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        body = next((shape for prefix, shape in ERROR_SHAPES if request.url.path.startswith(prefix)), our_error)
+        return JSONResponse(body(exc), status_code=exc.status, headers=getattr(exc, "headers", {}))
 
-    for router in (submit.router, jobs.router, service.router):
+    for router in (submit.router, jobs.router, service.router, openai.router):
         app.include_router(router)
     app.openapi = lambda: _openapi(app, model)
     return app
+
+
+def our_error(exc: ServingError) -> dict[str, Any]:
+    return {"error": error_document(exc)}
+
+
+# Each protocol's routes answer errors in that protocol's shape (the same status and message).
+ERROR_SHAPES = (("/v1/", openai_images.error_body),)
 
 
 def _openapi(app: FastAPI, model: HandlerSettings) -> dict[str, Any]:
@@ -76,7 +87,7 @@ def _openapi(app: FastAPI, model: HandlerSettings) -> dict[str, Any]:
         schema["properties"]["webhook"] = {"type": "string", "description": "URL called when the job ends."}
         schema["properties"]["metadata"] = {
             "type": "object",
-            "description": f"Kept with the job, at most {submit.MAX_METADATA_BYTES} bytes of UTF-8 JSON.",
+            "description": f"Kept with the job, at most {MAX_METADATA_BYTES} bytes of UTF-8 JSON.",
         }
         document["paths"]["/generate"]["post"]["requestBody"] = {
             "required": True,
