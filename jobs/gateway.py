@@ -27,7 +27,8 @@ from handler.contract.reference import json_schema
 from handler.contract.settings import HandlerSettings
 from handler.contract.steps import StepPlans
 
-from .protocols import openai_images
+from .protocols import a1111, openai_images
+from .routers import a1111 as a1111_routes
 from .routers import jobs, openai, service, submit
 from .services import Services
 from .settings import JobSettings, load_api_keys
@@ -62,7 +63,7 @@ def create_app(settings: JobSettings | None = None) -> FastAPI:
         body = next((shape for prefix, shape in ERROR_SHAPES if request.url.path.startswith(prefix)), our_error)
         return JSONResponse(body(exc), status_code=exc.status, headers=getattr(exc, "headers", {}))
 
-    for router in (submit.router, jobs.router, service.router, openai.router):
+    for router in (submit.router, jobs.router, service.router, openai.router, a1111_routes.router):
         app.include_router(router)
     app.openapi = lambda: _openapi(app, model)
     return app
@@ -73,7 +74,7 @@ def our_error(exc: ServingError) -> dict[str, Any]:
 
 
 # Each protocol's routes answer errors in that protocol's shape (the same status and message).
-ERROR_SHAPES = (("/v1/", openai_images.error_body),)
+ERROR_SHAPES = (("/v1/", openai_images.error_body), ("/sdapi/", a1111.error_body))
 
 
 def _openapi(app: FastAPI, model: HandlerSettings) -> dict[str, Any]:

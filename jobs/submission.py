@@ -12,14 +12,14 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
-from handler.contract.errors import InvalidRequest
+from handler.contract.errors import InvalidRequest, ServingError
 from handler.contract.parse import parse_request
 from handler.contract.request import GenerationRequest
 from handler.wire.events import STATUS
 
 from . import webhooks
 from .access import services
-from .errors import Conflict, QueueFull, TooManyJobs
+from .errors import Conflict, NotReady, QueueFull, StillRunning, TooManyJobs
 from .state import TERMINAL, SubmitRefused
 
 MAX_METADATA_BYTES = 4096
@@ -128,3 +128,21 @@ def check_metadata(value: Any) -> None:
             field="metadata",
             value=size,
         )
+
+
+def finished(record: dict[str, str], waited_s: float) -> None:
+    """Raises the job's own error when it failed, StillRunning when it did not finish in time."""
+    status, job_id = record["status"], record["id"]
+    if status == "completed":
+        return
+    if status == "failed":
+        document = json.loads(record.get("error") or "{}")
+        error = ServingError(document.get("message", "the job failed"), field=document.get("field"))
+        error.status = int(document.get("code", 500))
+        raise error
+    if status in TERMINAL:
+        raise NotReady(f"job {job_id} was {status}")
+    raise StillRunning(
+        f"job {job_id} did not finish within {waited_s:g} s; it goes on: GET /jobs/{job_id}",
+        headers={"Location": f"/jobs/{job_id}"},
+    )

@@ -22,10 +22,10 @@ from handler.contract.errors import InvalidRequest, ServingError
 from handler.wire.events import PREVIEW, STATUS
 
 from ..access import owner_of, services
-from ..errors import NotReady, StillRunning, UnsupportedMediaType
+from ..errors import NotReady, UnsupportedMediaType
 from ..protocols.openai_images import error_body, generation_body, preview_every
 from ..state import TERMINAL
-from ..submission import submit_job, wait_terminal
+from ..submission import finished, submit_job, wait_terminal
 
 router = APIRouter(prefix="/v1")
 STARTED = int(time.time())
@@ -158,24 +158,6 @@ async def images_response(request: Request, record: dict[str, str], response_for
         "size": f"{parameters['width']}x{parameters['height']}",
         "sdxl": {"job_id": job_id, "seeds": json.loads(record["seeds"]), "parameters": parameters},
     }
-
-
-def finished(record: dict[str, str], waited_s: float) -> None:
-    """Raises the job's own error when it failed, StillRunning when it did not finish in time."""
-    status, job_id = record["status"], record["id"]
-    if status == "completed":
-        return
-    if status == "failed":
-        document = json.loads(record.get("error") or "{}")
-        error = ServingError(document.get("message", "the job failed"), field=document.get("field"))
-        error.status = int(document.get("code", 500))
-        raise error
-    if status in TERMINAL:
-        raise NotReady(f"job {job_id} was {status}")
-    raise StillRunning(
-        f"job {job_id} did not finish within {waited_s:g} s; it goes on: GET /jobs/{job_id}",
-        headers={"Location": f"/jobs/{job_id}"},
-    )
 
 
 async def _image_b64(request: Request, key: str) -> str:
