@@ -146,9 +146,11 @@ async def images_response(request: Request, record: dict[str, str], response_for
     job_id = record["id"]
     finished(record, request.app.state.settings.max_wait_s)
     keys, parameters = json.loads(record["images"]), json.loads(record["parameters"])
-    if response_format == "url":
-        base = str(request.base_url).rstrip("/")
-        data = [{"url": f"{base}/jobs/{job_id}/image?index={i}", "revised_prompt": None} for i in range(len(keys))]
+    if response_format == "url":  # a presigned URL where the store makes them (S3), else the gateway's route
+        base, store = str(request.base_url).rstrip("/"), services(request).store
+        urls = [store.presigned_url(key, expires_s=3600) or f"{base}/jobs/{job_id}/image?index={i}"
+                for i, key in enumerate(keys)]  # fmt: skip
+        data = [{"url": url, "revised_prompt": None} for url in urls]
     else:
         data = [{"b64_json": await _image_b64(request, key), "revised_prompt": None} for key in keys]
     return {
