@@ -38,7 +38,9 @@ def test_image_installs_with_the_projects_own_script_torch_first():
     assert run, "the image must install through scripts/install.sh"
     assert all(f'{arg}="${{{arg}}}"' in run.group(1) for arg in ("TORCH_SPEC", "TORCH_INDEX_URL", "EXTRAS"))
     install = (REPO_ROOT / "scripts" / "install.sh").read_text()
-    assert install.index('pip install -qq "$TORCH_SPEC"') < install.index('pip install -qq ${EDITABLE--e} ".[${EXTRAS}]"')
+    assert install.index('pip install -qq "$TORCH_SPEC"') < install.index(
+        'pip install -qq ${EDITABLE--e} ".[${EXTRAS}]"'
+    )
     pyproject = (REPO_ROOT / "pyproject.toml").read_text()
     default_extras = re.search(r"^ARG EXTRAS=(\S+)$", DOCKERFILE, re.M).group(1).split(",")
     for extra in default_extras:
