@@ -85,7 +85,7 @@ def parse_request(
 
     # 10. Model facts: the texts fit the text encoders; each stage of a refined request gets a step.
     if tokenizers is not None:
-        tokenizers.check(request)
+        tokenizers.check(request, limits.max_prompt_chunks)
     if step_plans is not None and request.denoising_end is not None:
         step_plans.check_refiner_split(request)
     return request

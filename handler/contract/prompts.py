@@ -1,18 +1,27 @@
-"""Prompt token counts, checked at parse by every front door: each text must fit the text encoders it goes to.
+"""Prompt token counts, checked at parse by every front door: each text fits in ``max_prompt_chunks`` chunks of
+75 tokens (:mod:`handler.model.text_encoding` encodes them chunk by chunk).
 
 The counts come from the model's own tokenizers (transformers' tokenizers import no torch): TorchServe's core
 hands over the loaded pipeline's, the job gateway loads them from the model folder (``tokenizer/``,
-``tokenizer_2/``). A text longer than its encoder takes is refused, never cut (diffusers would cut it, with only
-a log line).
+``tokenizer_2/``). A text longer than that is refused, never cut (diffusers would cut it at 77, with only a log
+line).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from handler.contract.errors import ConfigError, InvalidRequest
+
+CHUNK_TOKENS = 75  # a chunk's tokens between its BOS and EOS: 77 with them, the text encoders' length
+
+
+def chunk_count(tokens: int) -> int:
+    """Chunks a text of ``tokens`` tokens (without BOS/EOS) takes: at least one, for the empty text too."""
+    return max(1, math.ceil(tokens / CHUNK_TOKENS))
 
 
 @dataclass(frozen=True)
@@ -38,12 +47,12 @@ class PromptTokenizers:
             AutoTokenizer.from_pretrained(second) if second.is_dir() else None,
         )
 
-    def check(self, request: Any) -> None:
+    def check(self, request: Any, max_chunks: int) -> None:
         """Each text goes to the encoders the pipeline gives it: ``prompt`` to both unless ``prompt_2`` is set,
-        ``prompt_2`` to the second (the same for the negative ones).
+        ``prompt_2`` to the second (the same for the negative ones); each fits ``max_chunks`` chunks.
 
         Raises:
-            InvalidRequest: naming the field, its token count and the encoder's limit.
+            InvalidRequest: naming the field, its token count and the limit.
         """
         first, second = self.first, self.second
         both_or_first = [first] + ([second] if request.prompt_2 is None else [])
@@ -56,11 +65,11 @@ class PromptTokenizers:
         ]
         for name, text, tokenizers in texts:
             for tokenizer in (t for t in tokenizers if text and t is not None):
-                tokens = len(tokenizer(text, verbose=False).input_ids)
-                if tokens > tokenizer.model_max_length:
+                tokens = len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
+                if chunk_count(tokens) > max_chunks:
                     raise InvalidRequest(
-                        f"`{name}` is {tokens} tokens but the text encoders take at most "
-                        f"{tokenizer.model_max_length} (with start and end); shorten it",
+                        f"`{name}` is {tokens} tokens, and this server takes at most {max_chunks * CHUNK_TOKENS} "
+                        f"({max_chunks} chunks of {CHUNK_TOKENS}: handler.limits.max_prompt_chunks); shorten it",
                         field=name,
                         value=text,
                     )

@@ -17,6 +17,7 @@ class Limits:
     """Bounds every request is checked against (``handler.limits`` in the model yaml)."""
 
     max_prompt_chars: int = 2000
+    max_prompt_chunks: int = 3  # a text's tokens in chunks of 75 (handler.model.text_encoding): 3 = 225 tokens
     min_size: int = 64
     max_size: int = 1536
     size_multiple: int = 8

@@ -1,8 +1,9 @@
 """A request's text and size conditioning, exactly as ``StableDiffusionXLPipeline`` builds it, for one request.
 
-The text encoders see this request alone; its texts were checked to fit them at parse
-(:mod:`handler.contract.prompts`). SDXL's micro-conditioning (original size, crop corner, target size, and
-the negative ones) follows the request's fields, with the pipeline's defaults.
+The text encoders see this request alone, chunk by chunk past 75 tokens (:mod:`handler.model.text_encoding`);
+its texts were checked to fit ``max_prompt_chunks`` at parse (:mod:`handler.contract.prompts`). SDXL's
+micro-conditioning (original size, crop corner, target size, and the negative ones) follows the request's
+fields, with the pipeline's defaults.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from handler.contract.request import GenerationRequest
+from handler.model.text_encoding import encode_prompts
 
 
 def time_ids(pipeline: Any, request: GenerationRequest, dtype: torch.dtype, negative: bool) -> torch.Tensor:
@@ -66,15 +68,7 @@ def encode_conditioning(
         refiner (`bool`, defaults to False): ``pipeline`` is the refiner's.
     """
     images = request.num_images_per_prompt
-    embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(
-        prompt=request.prompt,
-        prompt_2=request.prompt_2,
-        device=device,
-        num_images_per_prompt=images,
-        do_classifier_free_guidance=guidance,
-        negative_prompt=request.negative_prompt or None,
-        negative_prompt_2=request.negative_prompt_2 or None,
-    )
+    embeds, negative, pooled, negative_pooled = encode_prompts(pipeline, device, request, guidance)
     if refiner:
         positive_ids, negative_ids = refiner_time_ids(pipeline, request, embeds.dtype)
     else:

@@ -258,10 +258,12 @@ class Denoiser:
         timesteps: list[torch.Tensor],
         distilled: bool,
     ) -> torch.Tensor:
+        hidden, mask = text_context(states)
         return unet(
             batch_input,
             torch.cat(timesteps),
-            encoder_hidden_states=torch.cat([s.embeds for s in states]),
+            encoder_hidden_states=hidden,
+            encoder_attention_mask=mask,
             timestep_cond=torch.cat([s.guidance_condition for s in states]) if distilled else None,
             added_cond_kwargs={"text_embeds": torch.cat([s.pooled for s in states]),
                                "time_ids": torch.cat([s.time_ids for s in states])},
@@ -319,3 +321,22 @@ class Denoiser:
             else:
                 result.append(NonFiniteImage("the VAE decoded NaN/inf values even in float32 (a black image)"))
         return result
+
+
+def text_context(states: list[RequestState]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The states' text embeddings as one batch. Requests of different prompt lengths (chunks of 77) are padded
+    to the longest, and the padding masked out of cross-attention (``encoder_attention_mask``: the masked keys'
+    softmax weights are exactly 0), so each row attends to its own tokens only, as alone; all of one length: no
+    mask, today's forward."""
+    lengths = [state.embeds.shape[1] for state in states]
+    if len(set(lengths)) == 1:
+        return torch.cat([state.embeds for state in states]), None
+    longest = max(lengths)
+    padded, mask = [], []
+    for state, length in zip(states, lengths, strict=True):
+        embeds = state.embeds
+        padded.append(torch.nn.functional.pad(embeds, (0, 0, 0, longest - length)))
+        keep = torch.zeros(embeds.shape[0], longest, dtype=embeds.dtype, device=embeds.device)
+        keep[:, :length] = 1
+        mask.append(keep)
+    return torch.cat(padded), torch.cat(mask)

@@ -2,7 +2,7 @@
 gateway (POST /generate) as from TorchServe (/predictions), with the same 400 message and field.
 
 The model has a LoRA catalogue (ink, film) and a refiner (tests/integration/conftest.py's options_server), so
-catalogue names, sampler x schedule x eta pairs, prompts past the text encoders' 77 tokens and the refiner's
+catalogue names, sampler x schedule x eta pairs, prompts past `max_prompt_chunks` (225 tokens) and the refiner's
 fields, down to a ``denoising_end`` that leaves the base or the refiner no step (the gateway reads the model's
 stage schedules from the table ``python -m handler.model.step_table`` writes), are all decided by the contract at
 parse. Not drawn: the transport fields the job API chooses itself (``stream``, ``response_format``,
@@ -32,7 +32,7 @@ def optional(strategy):
     return st.one_of(st.just(ABSENT), strategy)
 
 
-words = st.integers(1, 95).map(lambda n: " ".join(["fox"] * n))  # 1..95 words: both sides of 77 tokens
+words = st.integers(1, 150).map(lambda n: " ".join(["fox"] * n))  # 2..300 tokens: both sides of 225
 bodies = st.fixed_dictionaries(
     {"prompt": st.one_of(st.sampled_from(["a lighthouse", "x"]), words)},
     optional={

@@ -90,16 +90,15 @@ def test_a_default_size_outside_allowed_sizes_fails_at_startup():
         HandlerSettings.from_yaml({"handler": {"limits": {"allowed_sizes": [[768, 768]]}}})
 
 
-def test_a_prompt_longer_than_the_text_encoders_take_is_a_400_naming_its_tokens(core):
-    long_prompt = "a red cat " * 30
+def test_a_prompt_past_max_prompt_chunks_is_a_400_naming_its_tokens(core):
+    too_long = "a red cat " * 60  # 240 tokens: 4 chunks of 75, the limit is 3
     replies = core.handle(
-        rows({"prompt": "fine", "seed": 1}, {"prompt": long_prompt}, {"prompt": "x", "negative_prompt": long_prompt})
+        rows({"prompt": "fine", "seed": 1}, {"prompt": too_long}, {"prompt": "x", "negative_prompt": too_long})
     )
     assert [r.status for r in replies] == [200, 400, 400]
     error = replies[1].json()["error"]
-    assert (
-        error["field"] == "prompt"
-        and "`prompt` is 122 tokens but the text encoders take at most 77" in error["message"]
+    assert error["field"] == "prompt" and (
+        "`prompt` is 240 tokens, and this server takes at most 225 (3 chunks of 75" in error["message"]
     )
     assert replies[2].json()["error"]["field"] == "negative_prompt"
-    assert core.handle(rows({"prompt": "a red cat " * 18}))[0].status == 200  # 74 tokens: fits
+    assert core.handle(rows({"prompt": "a red cat " * 56}))[0].status == 200  # 224 tokens: 3 chunks
