@@ -81,6 +81,7 @@ REQUEST_OPTIONS = (
     ("--steps", "num_inference_steps", int),
     ("--guidance", "guidance_scale", float),
     ("--negative", "negative_prompt", str),
+    ("--syntax", "prompt_syntax", str),
     ("--width", "width", int),
     ("--height", "height", int),
     ("--sampler", "sampler", str),

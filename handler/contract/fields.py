@@ -13,6 +13,7 @@ from typing import Any
 from handler.contract.field import REQUIRED, Field, FieldDoc
 from handler.contract.images import RESIZE_MODES
 from handler.contract.kinds import Choice, Flag, Image, Integer, Loras, Number, Pair, Text
+from handler.contract.prompt_syntax import PROMPT_SYNTAXES
 from handler.contract.samplers import SAMPLER_NAMES, SCHEDULE_NAMES
 from handler.contract.sizes import MAX_CONDITIONING_PIXELS, SDXL_BUCKETS
 
@@ -68,6 +69,16 @@ FIELDS: tuple[Field, ...] = (
         "Negative prompt for the second text encoder.",
         group="prompt",
         when_null="same as `negative_prompt`",
+    ),
+    Field(
+        "prompt_syntax",
+        Choice(PROMPT_SYNTAXES),
+        "How the texts are read: `plain`, every character is text; `a1111`, A1111's weighting: `(word)` x1.1, "
+        "`[word]` /1.1, `(word:1.3)`, nesting multiplies, `\\(` is a literal parenthesis, `BREAK` starts a new "
+        "chunk of 75 tokens; weights 0..3; malformed syntax is a 400 naming the position.",
+        group="prompt",
+        default="plain",
+        configurable=True,
     ),
     # How to sample.
     Field(

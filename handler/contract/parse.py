@@ -15,6 +15,7 @@ from handler.contract.errors import InvalidRequest
 from handler.contract.field import Field
 from handler.contract.fields import FIELD_NAMES, FIELDS
 from handler.contract.images import fit_inputs, output_size
+from handler.contract.prompt_syntax import parse_a1111
 from handler.contract.prompts import PromptTokenizers
 from handler.contract.request import Defaults, GenerationRequest, Limits
 from handler.contract.samplers import check_sampling
@@ -81,11 +82,17 @@ def parse_request(
 
     # 9. Output combinations.
     check_output(values)
+
+    # 10. Every text reads in its syntax (a malformed one: a 400 naming the field and the position).
+    if values["prompt_syntax"] == "a1111":
+        for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
+            if values[name]:
+                parse_a1111(values[name], field=name)
     request = GenerationRequest(**values)
 
-    # 10. Model facts: the texts fit the text encoders; each stage of a refined request gets a step.
+    # 11. Model facts: the texts fit the text encoders; each stage of a refined request gets a step.
     if tokenizers is not None:
-        tokenizers.check(request, limits.max_prompt_chunks)
+        tokenizers.check(request, limits.max_prompt_chunks, request.prompt_syntax)
     if step_plans is not None and request.denoising_end is not None:
         step_plans.check_refiner_split(request)
     return request

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from handler.contract.errors import InvalidRequest
 
+PROMPT_SYNTAXES = ("plain", "a1111")
 ROUND, SQUARE = 1.1, 1 / 1.1  # A1111's multipliers for ( ) and [ ]
 MAX_WEIGHT = 3.0
 BREAK = "BREAK"

@@ -24,6 +24,33 @@ def chunk_count(tokens: int) -> int:
     return max(1, math.ceil(tokens / CHUNK_TOKENS))
 
 
+def chunk_layout(tokenizer: Any, text: str, syntax: str = "plain") -> list[list[tuple[int, float]]]:
+    """``text`` as chunks of (token id, weight), at most 75 tokens each, without BOS/EOS.
+
+    ``plain``: the whole text tokenized at once, cut every 75 tokens, every weight 1 (a text of up to 75
+    tokens is exactly what diffusers encodes). ``a1111``: each weighted piece tokenized on its own with its
+    weight (:func:`handler.contract.prompt_syntax.parse_a1111`, A1111's way), ``BREAK`` starting a new chunk.
+    """
+    if syntax == "plain":
+        pieces = [(text, 1.0)]
+    else:
+        from handler.contract.prompt_syntax import parse_a1111
+
+        pieces = [(p.text, p.weight) for p in parse_a1111(text)]
+    chunks: list[list[tuple[int, float]]] = [[]]
+    for piece, weight in pieces:
+        if weight == -1 and piece == "BREAK":  # prompt_syntax.BREAK
+            chunks.append([])
+            continue
+        for token in tokenizer(piece, add_special_tokens=False, verbose=False).input_ids:
+            if len(chunks[-1]) == CHUNK_TOKENS:
+                chunks.append([])
+            chunks[-1].append((token, weight))
+    if len(chunks) > 1 and not chunks[-1]:
+        chunks.pop()  # a trailing BREAK or an exact multiple of 75 adds no empty chunk
+    return chunks
+
+
 @dataclass(frozen=True)
 class PromptTokenizers:
     """The tokenizers of SDXL's two text encoders (``second`` may be None for a one-encoder model)."""
@@ -47,7 +74,7 @@ class PromptTokenizers:
             AutoTokenizer.from_pretrained(second) if second.is_dir() else None,
         )
 
-    def check(self, request: Any, max_chunks: int) -> None:
+    def check(self, request: Any, max_chunks: int, syntax: str = "plain") -> None:
         """Each text goes to the encoders the pipeline gives it: ``prompt`` to both unless ``prompt_2`` is set,
         ``prompt_2`` to the second (the same for the negative ones); each fits ``max_chunks`` chunks.
 
@@ -65,11 +92,13 @@ class PromptTokenizers:
         ]
         for name, text, tokenizers in texts:
             for tokenizer in (t for t in tokenizers if text and t is not None):
-                tokens = len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids)
-                if chunk_count(tokens) > max_chunks:
+                chunks = chunk_layout(tokenizer, text, syntax)
+                if len(chunks) > max_chunks:
+                    tokens = sum(len(chunk) for chunk in chunks)
                     raise InvalidRequest(
-                        f"`{name}` is {tokens} tokens, and this server takes at most {max_chunks * CHUNK_TOKENS} "
-                        f"({max_chunks} chunks of {CHUNK_TOKENS}: handler.limits.max_prompt_chunks); shorten it",
+                        f"`{name}` is {tokens} tokens in {len(chunks)} chunks, and this server takes at most "
+                        f"{max_chunks * CHUNK_TOKENS} ({max_chunks} chunks of {CHUNK_TOKENS}: "
+                        "handler.limits.max_prompt_chunks); shorten it",
                         field=name,
                         value=text,
                     )

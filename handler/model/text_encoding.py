@@ -15,32 +15,36 @@ from typing import Any
 
 import torch
 
-from handler.contract.prompts import CHUNK_TOKENS, chunk_count
+from handler.contract.prompts import chunk_layout
 
 
-def chunk_ids(tokenizer: Any, text: str, count: int) -> list[list[int]]:
-    """``text`` as ``count`` chunks of token ids (the last ones empty when it has fewer)."""
-    ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
-    pieces = [ids[i : i + CHUNK_TOKENS] for i in range(0, len(ids), CHUNK_TOKENS)]
-    pieces += [[]] * (count - len(pieces))
+def padded(tokenizer: Any, chunk: list[tuple[int, float]]) -> tuple[list[int], list[float]]:
+    """One chunk as the encoder takes it: ``[BOS] + tokens + [EOS]`` padded to 77, and each position's weight."""
     size, pad = tokenizer.model_max_length, tokenizer.pad_token_id
-    return [
-        [tokenizer.bos_token_id, *piece, tokenizer.eos_token_id] + [pad] * (size - len(piece) - 2) for piece in pieces
-    ]
+    filler = size - len(chunk) - 2
+    ids = [tokenizer.bos_token_id, *(token for token, _ in chunk), tokenizer.eos_token_id] + [pad] * filler
+    return ids, [1.0, *(weight for _, weight in chunk), 1.0] + [1.0] * filler
 
 
 def encode_texts(
-    encoders: list[tuple[Any, Any]], texts: list[str], count: int, device: torch.device
+    encoders: list[tuple[Any, Any]], layouts: list[list], count: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each encoder its text in ``count`` chunks: (hidden states ``(1, 77 x count, sum of widths)`` from the
-    penultimate layer, the first chunk's pooled embedding or None when no encoder projects one)."""
+    """Each encoder its text's chunks (:func:`handler.contract.prompts.chunk_layout`), padded to ``count``
+    with empty ones: (hidden states ``(1, 77 x count, sum of widths)`` from the penultimate layer, the first
+    chunk's pooled embedding or None when no encoder projects one). Weighted tokens follow A1111's emphasis
+    rule, chunk by chunk: the hidden states times the weights, then scaled back to the chunk's original mean."""
     hidden, pooled = [], None
-    for (tokenizer, encoder), text in zip(encoders, texts, strict=False):
-        ids = torch.tensor(chunk_ids(tokenizer, text, count), device=device)
-        output = encoder(ids, output_hidden_states=True)
+    for (tokenizer, encoder), layout in zip(encoders, layouts, strict=False):
+        rows = [padded(tokenizer, chunk) for chunk in layout + [[]] * (count - len(layout))]
+        output = encoder(torch.tensor([ids for ids, _ in rows], device=device), output_hidden_states=True)
         if pooled is None and output[0].ndim == 2:  # CLIPTextModelWithProjection's text_embeds (diffusers' rule)
             pooled = output[0][:1]
         states = output.hidden_states[-2]
+        weights = torch.tensor([w for _, w in rows], device=device, dtype=states.dtype)
+        if bool((weights != 1).any()):
+            original = states.mean(dim=(1, 2), keepdim=True)
+            states = states * weights[..., None]
+            states = states * (original / states.mean(dim=(1, 2), keepdim=True))
         hidden.append(states.reshape(1, -1, states.shape[-1]))
     return torch.cat(hidden, dim=-1), pooled
 
@@ -58,16 +62,19 @@ def encode_prompts(
     zero_negative = not request.negative_prompt and pipeline.config.force_zeros_for_empty_prompt
     negative = [request.negative_prompt or "", request.negative_prompt_2 or request.negative_prompt or ""]
     negative = negative[: len(encoders)]
-    texts = positive + (negative if guidance and not zero_negative else [])
-    count = max(chunk_count(len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids))
-                for (tokenizer, _), text in zip(encoders * 2, texts, strict=False))  # fmt: skip
-    embeds, pooled = encode_texts(encoders, positive, count, device)
+    syntax = request.prompt_syntax
+    layouts = [chunk_layout(tokenizer, text, syntax) for (tokenizer, _), text in zip(encoders * 2, positive + negative,
+                                                                                       strict=False)]  # fmt: skip
+    positive_layouts, negative_layouts = layouts[: len(encoders)], layouts[len(encoders) :]
+    used = positive_layouts + (negative_layouts if guidance and not zero_negative else [])
+    count = max(len(layout) for layout in used)
+    embeds, pooled = encode_texts(encoders, positive_layouts, count, device)
     negative_embeds = negative_pooled = None
     if guidance:
         if zero_negative:
             negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
         else:
-            negative_embeds, negative_pooled = encode_texts(encoders, negative, count, device)
+            negative_embeds, negative_pooled = encode_texts(encoders, negative_layouts, count, device)
     dtype, images = pipeline.text_encoder_2.dtype, request.num_images_per_prompt
 
     def repeat(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -37,6 +37,7 @@ def test_every_field_is_taken_from_the_request():
         "negative_prompt": "n",
         "prompt_2": "p2",
         "negative_prompt_2": "n2",
+        "prompt_syntax": "a1111",
         "num_inference_steps": 7,
         "guidance_scale": 3,
         "width": 512,

@@ -98,7 +98,7 @@ def test_a_prompt_past_max_prompt_chunks_is_a_400_naming_its_tokens(core):
     assert [r.status for r in replies] == [200, 400, 400]
     error = replies[1].json()["error"]
     assert error["field"] == "prompt" and (
-        "`prompt` is 240 tokens, and this server takes at most 225 (3 chunks of 75" in error["message"]
+        "`prompt` is 240 tokens in 4 chunks, and this server takes at most 225 (3 chunks of 75" in error["message"]
     )
     assert replies[2].json()["error"]["field"] == "negative_prompt"
     assert core.handle(rows({"prompt": "a red cat " * 56}))[0].status == 200  # 224 tokens: 3 chunks

@@ -102,3 +102,82 @@ def test_one_two_and_three_chunk_requests_share_each_forward_and_equal_their_sol
     assert len(forwards) == 4, forwards  # one UNet forward per step for all four
     for alone, shared in zip(solo, together, strict=True):
         assert all(max_diff(a, b) <= 1 for a, b in zip(alone, shared, strict=True))
+
+
+def reference_weighted(pipeline, pieces: list[tuple[str, float]], chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A1111's emphasis, spelled out: each piece tokenized alone with its weight, 75-token chunks ("BREAK"
+    starts one), each chunk encoded alone; its hidden states times the weights, then rescaled to the chunk's
+    original mean; the pooled embedding unweighted, from the first chunk."""
+    per_encoder, pooled = [], None
+    for tokenizer, encoder in ((pipeline.tokenizer, pipeline.text_encoder),
+                               (pipeline.tokenizer_2, pipeline.text_encoder_2)):  # fmt: skip
+        layout = [[]]
+        for text, weight in pieces:
+            if text == "BREAK":
+                layout.append([])
+                continue
+            for token in tokenizer(text, add_special_tokens=False).input_ids:
+                if len(layout[-1]) == 75:
+                    layout.append([])
+                layout[-1].append((token, weight))
+        layout += [[]] * (chunks - len(layout))
+        states = []
+        for index, chunk in enumerate(layout):
+            ids = [tokenizer.bos_token_id, *(t for t, _ in chunk), tokenizer.eos_token_id]
+            weights = torch.tensor([1.0, *(w for _, w in chunk), 1.0] + [1.0] * (77 - len(ids)))
+            ids += [tokenizer.pad_token_id] * (77 - len(ids))
+            output = encoder(torch.tensor([ids]), output_hidden_states=True)
+            z = output.hidden_states[-2]
+            original = z.mean()
+            z = z * weights[None, :, None]
+            states.append(z * (original / z.mean()))
+            if index == 0 and output[0].ndim == 2:
+                pooled = output[0]
+        per_encoder.append(torch.cat(states, dim=1))
+    return torch.cat(per_encoder, dim=-1), pooled
+
+
+def test_a1111_weights_make_diffusers_image_from_the_emphasised_embeddings(tiny_loaded, tiny_settings):
+    text = "a (red cat:1.4) on the [hill] BREAK ((at night))"
+    pieces = [("a ", 1.0), ("red cat", 1.4), (" on the ", 1.0), ("hill", 1 / 1.1), ("", 1.0), ("BREAK", -1),
+              ("", 1.0), ("at night", 1.21)]  # fmt: skip
+    request = parse_request({"prompt": text, "prompt_syntax": "a1111", "seed": 5, "num_inference_steps": 4},
+                            tiny_settings.limits, tiny_settings.defaults)  # fmt: skip
+    ours = make_engine(tiny_loaded).generate([request])[0][0]
+    with torch.no_grad():
+        embeds, pooled = reference_weighted(tiny_loaded.pipeline, pieces, 2)
+    reference = tiny_loaded.pipeline(prompt_embeds=embeds, pooled_prompt_embeds=pooled, num_inference_steps=4,
+                                     guidance_scale=5.0, width=64, height=64,
+                                     generator=[torch.Generator("cpu").manual_seed(5)]).images[0]  # fmt: skip
+    assert max_diff(ours, reference) <= 1
+    plain = parse_request({"prompt": text, "seed": 5, "num_inference_steps": 4}, tiny_settings.limits,
+                          tiny_settings.defaults)  # fmt: skip
+    assert max_diff(ours, make_engine(tiny_loaded).generate([plain])[0][0]) > 1  # the weights do reach the UNet
+
+
+def test_weighted_plain_and_long_requests_in_one_batch_equal_their_solo_images(tiny_loaded, tiny_settings):
+    bodies = [
+        {"prompt": "a (red cat:1.5)", "prompt_syntax": "a1111", "seed": 1},
+        {"prompt": "a (red cat:1.5)", "seed": 2},  # plain: the parentheses are text
+        {"prompt": prompt_of(120), "prompt_syntax": "a1111", "negative_prompt": "[blurry]", "seed": 3},
+        {"prompt": "at night BREAK over the sea", "prompt_syntax": "a1111", "seed": 4},
+    ]
+    requests = [parse_request({**b, "num_inference_steps": 4}, tiny_settings.limits, tiny_settings.defaults)
+                for b in bodies]  # fmt: skip
+    solo = [make_engine(tiny_loaded).generate([request])[0][0] for request in requests]
+    together = [images[0] for images in make_engine(tiny_loaded).generate(requests)]
+    assert all(max_diff(a, b) <= 1 for a, b in zip(solo, together, strict=True))
+
+
+def test_malformed_weighted_prompts_are_400s_with_the_position_beside_good_requests(core):
+    import json
+
+    bad = ["a (red cat", "stray ) here", "(cat:9)", "x:1.2)", "((((cat:2.9))))", "[unclosed", "(a:1.2.3)"]
+    bodies = [{"prompt": "a red cat", "seed": 1, "prompt_syntax": "a1111"}]
+    bodies += [{"prompt": "fine", "negative_prompt": text, "prompt_syntax": "a1111"} for text in bad]
+    bodies += [{"prompt": "(a red cat)", "seed": 2}]  # plain: parentheses are text, not an error
+    replies = core.handle([{"body": json.dumps(body).encode()} for body in bodies])
+    assert [r.status for r in replies] == [200] + [400] * len(bad) + [200]
+    for reply in replies[1:-1]:
+        error = reply.json()["error"]
+        assert error["field"] == "negative_prompt" and " at position " in error["message"], error
