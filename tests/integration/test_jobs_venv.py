@@ -61,7 +61,7 @@ def test_the_gateway_installs_and_serves_from_a_venv_without_torch(tmp_path, mod
         assert submit({"prompt": "a lighthouse", "seed": 1}).status_code == 202
         pair = submit({"prompt": "x", "sampler": "ddim", "schedule": "karras"})
         assert pair.status_code == 400 and pair.json()["error"]["field"] == "schedule", pair.text
-        long_prompt = submit({"prompt": " ".join(["fox"] * 90)})
+        long_prompt = submit({"prompt": " ".join(["fox"] * 150)})  # 300 tokens: past max_prompt_chunks (225)
         assert long_prompt.status_code == 400 and "tokens" in long_prompt.json()["error"]["message"], long_prompt.text
         assert "tokens" in long_prompt.json()["error"]["message"]
     finally:

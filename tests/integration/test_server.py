@@ -106,14 +106,14 @@ def test_bad_sizes_and_long_prompts_fail_alone_inside_a_batch(server):
     bodies = [
         {"prompt": "good", "seed": 1, "original_size": [128, 128], "crops_coords_top_left": [8, 8]},
         {"prompt": "bucket", "aspect_ratio": "1:1"},  # 1024 px: outside the tiny model's 32..512
-        {"prompt": "a red cat " * 30},
+        {"prompt": "a red cat " * 60},  # 240 tokens: past max_prompt_chunks (225)
         {"prompt": "half", "negative_original_size": [64, 64]},
     ]
     responses = _while_worker_is_busy(server, bodies)
     assert [r.status_code for r in responses] == [200, 400, 400, 400]
     errors = [r.json()["error"] for r in responses[1:]]
     assert [e["field"] for e in errors] == ["aspect_ratio", "prompt", "negative_original_size"]
-    assert "122 tokens" in errors[1]["message"]
+    assert "240 tokens in 4 chunks" in errors[1]["message"]
     assert responses[0].json()["parameters"]["crops_coords_top_left"] == [8, 8]
 
 
