@@ -12,6 +12,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection
 
+from handler.contract.decode import parse_json_text
 from handler.contract.errors import InvalidRequest, ServingError
 from handler.contract.parse import parse_request
 from handler.contract.request import GenerationRequest
@@ -19,7 +20,7 @@ from handler.wire.events import STATUS
 
 from . import webhooks
 from .access import services
-from .errors import Conflict, NotReady, QueueFull, StillRunning, TooManyJobs
+from .errors import Conflict, NotReady, QueueFull, StillRunning, TooLarge, TooManyJobs, UnsupportedMediaType
 from .state import TERMINAL, SubmitRefused
 
 MAX_METADATA_BYTES = 4096
@@ -102,6 +103,39 @@ async def submit_job(
         await state.withdraw(job_id, owner, idempotency)  # nothing of a failed submit stays, its claim neither
         raise
     return Submitted(job_id, parsed)
+
+
+async def json_body(request: Any) -> Any:
+    """A submit route's body: at most ``max_body_bytes`` (413 past it), ``application/json`` (415 otherwise),
+    UTF-8 and strict JSON (400 otherwise)."""
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {declared} bytes is over {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is over {limit} bytes")
+        chunks.append(chunk)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json":
+        raise UnsupportedMediaType(f"send `Content-Type: application/json`, not {content_type or 'none'!r}")
+    try:
+        return parse_json_text(b"".join(chunks).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequest("request body is not UTF-8") from None
+
+
+async def stored_images(connection: HTTPConnection, record: dict[str, str]) -> list[bytes]:
+    """A finished job's encoded images from the result store."""
+    images = []
+    for key in json.loads(record["images"]):
+        data = await services(connection).store.get(key)
+        if data is None:
+            raise NotReady("the image is no longer stored")
+        images.append(data)
+    return images
 
 
 async def wait_terminal(connection: HTTPConnection, job_id: str, wait_s: float) -> dict[str, str]:

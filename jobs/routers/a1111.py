@@ -13,15 +13,13 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from handler.contract.decode import parse_json_text
-from handler.contract.errors import InvalidRequest, ServingError
+from handler.contract.errors import ServingError
 from handler.contract.samplers import SAMPLERS
 from handler.wire.events import PREVIEW
 
 from ..access import owner_of, services
-from ..errors import NotReady, UnsupportedMediaType
 from ..protocols import a1111
-from ..submission import finished, submit_job, wait_terminal
+from ..submission import finished, json_body, stored_images, submit_job, wait_terminal
 
 router = APIRouter(prefix="/sdapi/v1")
 
@@ -38,13 +36,7 @@ async def img2img(request: Request) -> JSONResponse:
 
 async def generate(request: Request, img2img: bool) -> JSONResponse:
     owner = owner_of(request)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise UnsupportedMediaType(f"send `Content-Type: application/json`, not {content_type or 'none'!r}")
-    try:
-        body = parse_json_text((await request.body()).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequest("request body is not UTF-8") from None
+    body = await json_body(request)
     try:
         payload, batches = a1111.generation_body(body, img2img)
         submitted = await submit_job(request, owner, payload)
@@ -54,11 +46,7 @@ async def generate(request: Request, img2img: bool) -> JSONResponse:
     finished(record, request.app.state.settings.max_wait_s)
     images = []
     if body.get("send_images", True):
-        for key in json.loads(record["images"]):
-            data = await services(request).store.get(key)
-            if data is None:
-                raise NotReady("the image is no longer stored")
-            images.append(base64.b64encode(data).decode())
+        images = [base64.b64encode(image).decode() for image in await stored_images(request, record)]
     parameters = json.loads(record["parameters"])
     echo = {name: value for name, value in body.items() if name not in ("init_images", "mask")}
     return JSONResponse(

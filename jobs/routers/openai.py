@@ -17,15 +17,14 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from handler.contract.decode import parse_json_text
 from handler.contract.errors import InvalidRequest, ServingError
 from handler.wire.events import PREVIEW, STATUS
 
 from ..access import owner_of, services
-from ..errors import NotReady, UnsupportedMediaType
+from ..errors import UnsupportedMediaType
 from ..protocols.openai_images import error_body, generation_body, preview_every
 from ..state import TERMINAL
-from ..submission import finished, submit_job, wait_terminal
+from ..submission import finished, json_body, stored_images, submit_job, wait_terminal
 
 router = APIRouter(prefix="/v1")
 STARTED = int(time.time())
@@ -45,14 +44,7 @@ async def models(request: Request) -> JSONResponse:
 @router.post("/images/generations", summary="OpenAI: create images")
 async def generations(request: Request) -> Any:
     owner = owner_of(request)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise UnsupportedMediaType(f"send `Content-Type: application/json`, not {content_type or 'none'!r}")
-    try:
-        body = parse_json_text((await request.body()).decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequest("request body is not UTF-8") from None
-    payload, options = generation_body(body, request.app.state.settings.model_name)
+    payload, options = generation_body(await json_body(request), request.app.state.settings.model_name)
     return await answer(request, owner, payload, options)
 
 
@@ -152,7 +144,8 @@ async def images_response(request: Request, record: dict[str, str], response_for
                 for i, key in enumerate(keys)]  # fmt: skip
         data = [{"url": url, "revised_prompt": None} for url in urls]
     else:
-        data = [{"b64_json": await _image_b64(request, key), "revised_prompt": None} for key in keys]
+        images = await stored_images(request, record)
+        data = [{"b64_json": base64.b64encode(image).decode(), "revised_prompt": None} for image in images]
     return {
         "created": int(float(record.get("finished_at") or time.time())),
         "data": data,
@@ -160,13 +153,6 @@ async def images_response(request: Request, record: dict[str, str], response_for
         "size": f"{parameters['width']}x{parameters['height']}",
         "sdxl": {"job_id": job_id, "seeds": json.loads(record["seeds"]), "parameters": parameters},
     }
-
-
-async def _image_b64(request: Request, key: str) -> str:
-    data = await services(request).store.get(key)
-    if data is None:
-        raise NotReady("the image is no longer stored")
-    return base64.b64encode(data).decode()
 
 
 async def stream(request: Request, job_id: str, options: dict[str, Any]) -> AsyncIterator[bytes]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from handler.contract.decode import parse_json_text
 from handler.contract.errors import InvalidRequest
 
 from ..access import owner_of, services, view
-from ..errors import TooLarge, UnsupportedMediaType
 from ..state import TERMINAL
-from ..submission import submit_job, wait_terminal
+from ..submission import json_body, submit_job, wait_terminal
 
 JOB_FIELDS = ("webhook", "metadata")  # the job API's own fields, beside the /predictions schema
 TRANSPORT_FIELDS = ("stream", "response_format")  # /predictions' transport choices: the job API makes them
@@ -32,20 +30,9 @@ async def generate(request: Request) -> JSONResponse:
     settings = app.settings
     # 1.
     owner = owner_of(request)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise TooLarge(f"request body of {declared} bytes is over {settings.max_body_bytes}")
-    raw = await _read_limited(request, settings.max_body_bytes)
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json":
-        raise UnsupportedMediaType(f"send `Content-Type: application/json`, not {content_type or 'none'!r}")
+    payload = await json_body(request)
     wait_s = _prefer_wait(request.headers.get("prefer"), settings.max_wait_s)
     # 2.
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRequest("request body is not UTF-8") from None
-    payload = parse_json_text(text)
     if not isinstance(payload, dict):
         raise InvalidRequest(f"request body must be a JSON object but is {type(payload).__name__}")
     job_fields = {name: payload.pop(name) for name in JOB_FIELDS if name in payload}
@@ -75,16 +62,6 @@ async def generate(request: Request) -> JSONResponse:
             return JSONResponse(await view(request, record), status_code=200, headers=headers)
     record = await services(request).state.record(job_id)
     return JSONResponse(await view(request, record), status_code=202, headers=headers)
-
-
-async def _read_limited(request: Request, limit: int) -> bytes:
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body is over {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _prefer_wait(header: str | None, max_wait_s: int) -> float:
