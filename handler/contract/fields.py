@@ -75,7 +75,9 @@ FIELDS: tuple[Field, ...] = (
         Choice(PROMPT_SYNTAXES),
         "How the texts are read: `plain`, every character is text; `a1111`, A1111's weighting: `(word)` x1.1, "
         "`[word]` /1.1, `(word:1.3)`, nesting multiplies, `\\(` is a literal parenthesis, `BREAK` starts a new "
-        "chunk of 75 tokens; weights 0..3; malformed syntax is a 400 naming the position.",
+        "chunk of 75 tokens; `compel`, the compel library's (`word+`, `word-`, `(words)1.3`, `.blend()`, "
+        "`.and()`; the `compel` extra). Weights 0..3; malformed syntax is a 400 naming the position; the reply's "
+        "`parameters.prompt_weights` shows what was understood.",
         group="prompt",
         default="plain",
         configurable=True,
@@ -120,6 +122,16 @@ FIELDS: tuple[Field, ...] = (
         "Encoding of the returned images.",
         group="output",
         default="png",
+        configurable=True,
+    ),
+    Field(
+        "embed_parameters",
+        Flag(),
+        "Write the image's recipe into the file, as A1111 does (its PNG Info and civitai read it): PNG `parameters` "
+        "text, JPEG/WebP EXIF UserComment; prompts, sampler, seed, size, model name and hash, LoRAs. Never the "
+        "input images or the caller's metadata.",
+        group="output",
+        default=True,
         configurable=True,
     ),
     Field(

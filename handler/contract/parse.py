@@ -15,7 +15,7 @@ from handler.contract.errors import InvalidRequest
 from handler.contract.field import Field
 from handler.contract.fields import FIELD_NAMES, FIELDS
 from handler.contract.images import fit_inputs, output_size
-from handler.contract.prompt_syntax import parse_a1111
+from handler.contract.prompt_syntax import TEXT_FIELDS, weighted_pieces
 from handler.contract.prompts import PromptTokenizers
 from handler.contract.request import Defaults, GenerationRequest, Limits
 from handler.contract.samplers import check_sampling
@@ -84,10 +84,9 @@ def parse_request(
     check_output(values)
 
     # 10. Every text reads in its syntax (a malformed one: a 400 naming the field and the position).
-    if values["prompt_syntax"] == "a1111":
-        for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2"):
-            if values[name]:
-                parse_a1111(values[name], field=name)
+    for name in TEXT_FIELDS:
+        if values[name]:
+            weighted_pieces(values[name], values["prompt_syntax"], field=name)
     request = GenerationRequest(**values)
 
     # 11. Model facts: the texts fit the text encoders; each stage of a refined request gets a step.

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from handler.contract.errors import InvalidRequest
 
-PROMPT_SYNTAXES = ("plain", "a1111")
+PROMPT_SYNTAXES = ("plain", "a1111", "compel")
+TEXT_FIELDS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
 ROUND, SQUARE = 1.1, 1 / 1.1  # A1111's multipliers for ( ) and [ ]
 MAX_WEIGHT = 3.0
 BREAK = "BREAK"
@@ -108,6 +110,8 @@ def parse_a1111(text: str, field: str = "prompt") -> tuple[Piece, ...]:
         raise fail(f"has a {text[position]!r} that is never closed", position)
     if not pieces:
         pieces = [["", 1.0]]
+    if any(p[0] == BREAK and p[1] == -1 for p in pieces) and not any(p[0].strip() for p in pieces if p[1] != -1):
+        raise fail("is only BREAK, with no text to encode", 0)
     merged: list[list] = [pieces[0]]  # neighbours of equal weight become one piece, as A1111 merges them
     for piece in pieces[1:]:
         if piece[1] == merged[-1][1]:
@@ -118,3 +122,38 @@ def parse_a1111(text: str, field: str = "prompt") -> tuple[Piece, ...]:
         if weight > MAX_WEIGHT and text_ != BREAK:
             raise fail(f"weighs {text_!r} {weight:g} (nested), over {MAX_WEIGHT:g}", text.find(text_))
     return tuple(Piece(text_, weight) for text_, weight in merged)
+
+
+def weighted_pieces(text: str, syntax: str, field: str = "prompt") -> list[list[list[tuple[str, float]]]]:
+    """``text`` read in ``syntax``, for token counts and the reply's echo: per conjunct (compel's ``.and()``;
+    otherwise one), per blended alternative (compel's ``.blend()``; otherwise one), the (text, weight) pieces in
+    order, ``(BREAK, -1)`` marking a chunk boundary. InvalidRequest names the field and the position.
+
+    Args:
+        text (`str`): the text of one request field.
+        syntax (`str`): one of :data:`PROMPT_SYNTAXES`.
+        field (`str`, defaults to "prompt"): the request field, for error messages.
+    """
+    if syntax == "plain":
+        return [[[(text, 1.0)]]]
+    if syntax == "a1111":
+        return [[[(piece.text, piece.weight) for piece in parse_a1111(text, field)]]]
+    from handler.contract.compel_syntax import parse_compel
+
+    return [list(alternatives) for alternatives in parse_compel(text, field)]
+
+
+def understood(request: Any) -> dict[str, Any]:
+    """The reply's echo of what the syntax made of each text: ``{field: [[text, weight], ...]}`` (the first
+    alternative of each conjunct, conjuncts in order; ``["BREAK", -1]`` at A1111's chunk breaks); empty for
+    ``plain``."""
+    if request.prompt_syntax == "plain":
+        return {}
+    echo = {}
+    for name in TEXT_FIELDS:
+        text = getattr(request, name)
+        if text:
+            conjuncts = weighted_pieces(text, request.prompt_syntax, name)
+            pieces = [piece for alternatives in conjuncts for piece in alternatives[0] if piece[0]]
+            echo[name] = [[text_, round(weight, 4)] for text_, weight in pieces]
+    return echo

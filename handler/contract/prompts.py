@@ -24,19 +24,9 @@ def chunk_count(tokens: int) -> int:
     return max(1, math.ceil(tokens / CHUNK_TOKENS))
 
 
-def chunk_layout(tokenizer: Any, text: str, syntax: str = "plain") -> list[list[tuple[int, float]]]:
-    """``text`` as chunks of (token id, weight), at most 75 tokens each, without BOS/EOS.
-
-    ``plain``: the whole text tokenized at once, cut every 75 tokens, every weight 1 (a text of up to 75
-    tokens is exactly what diffusers encodes). ``a1111``: each weighted piece tokenized on its own with its
-    weight (:func:`handler.contract.prompt_syntax.parse_a1111`, A1111's way), ``BREAK`` starting a new chunk.
-    """
-    if syntax == "plain":
-        pieces = [(text, 1.0)]
-    else:
-        from handler.contract.prompt_syntax import parse_a1111
-
-        pieces = [(p.text, p.weight) for p in parse_a1111(text)]
+def pieces_layout(tokenizer: Any, pieces: list[tuple[str, float]]) -> list[list[tuple[int, float]]]:
+    """Weighted pieces as chunks of (token id, weight), at most 75 tokens each, without BOS/EOS: each piece
+    tokenized on its own (A1111's and compel's way), ``(BREAK, -1)`` starting a new chunk."""
     chunks: list[list[tuple[int, float]]] = [[]]
     for piece, weight in pieces:
         if weight == -1 and piece == "BREAK":  # prompt_syntax.BREAK
@@ -49,6 +39,36 @@ def chunk_layout(tokenizer: Any, text: str, syntax: str = "plain") -> list[list[
     if len(chunks) > 1 and not chunks[-1]:
         chunks.pop()  # a trailing BREAK or an exact multiple of 75 adds no empty chunk
     return chunks
+
+
+def chunk_layout(tokenizer: Any, text: str, syntax: str = "plain") -> list[list[tuple[int, float]]]:
+    """``text`` as chunks of (token id, weight), for ``plain`` and ``a1111`` (``compel`` texts are encoded by
+    compel itself: :func:`chunk_total` counts them).
+
+    ``plain``: the whole text tokenized at once, cut every 75 tokens, every weight 1 (a text of up to 75
+    tokens is exactly what diffusers encodes). ``a1111``: each weighted piece tokenized on its own with its
+    weight (:func:`handler.contract.prompt_syntax.parse_a1111`, A1111's way), ``BREAK`` starting a new chunk.
+    """
+    from handler.contract.prompt_syntax import weighted_pieces
+
+    return pieces_layout(tokenizer, weighted_pieces(text, syntax)[0][0])
+
+
+def chunk_total(tokenizer: Any, text: str, syntax: str, field: str = "prompt") -> tuple[int, int]:
+    """(tokens, chunks) ``text`` takes in ``syntax``: compel's ``.and()`` parts each take their own chunks, its
+    ``.blend()`` alternatives are padded to the longest."""
+    from handler.contract.compel_syntax import compel_chunk_count
+    from handler.contract.prompt_syntax import weighted_pieces
+
+    tokens = chunks = 0
+    for alternatives in weighted_pieces(text, syntax, field):
+        layouts = [pieces_layout(tokenizer, pieces) for pieces in alternatives]
+        tokens += max(sum(len(chunk) for chunk in layout) for layout in layouts)
+        if syntax == "compel":  # compel cuts at sentence, phrase or word ends, so may take more chunks
+            chunks += max(compel_chunk_count(tokenizer, pieces) for pieces in alternatives)
+        else:
+            chunks += max(len(layout) for layout in layouts)
+    return tokens, chunks
 
 
 @dataclass(frozen=True)
@@ -92,11 +112,10 @@ class PromptTokenizers:
         ]
         for name, text, tokenizers in texts:
             for tokenizer in (t for t in tokenizers if text and t is not None):
-                chunks = chunk_layout(tokenizer, text, syntax)
-                if len(chunks) > max_chunks:
-                    tokens = sum(len(chunk) for chunk in chunks)
+                tokens, chunks = chunk_total(tokenizer, text, syntax, name)
+                if chunks > max_chunks:
                     raise InvalidRequest(
-                        f"`{name}` is {tokens} tokens in {len(chunks)} chunks, and this server takes at most "
+                        f"`{name}` is {tokens} tokens in {chunks} chunks, and this server takes at most "
                         f"{max_chunks * CHUNK_TOKENS} ({max_chunks} chunks of {CHUNK_TOKENS}: "
                         "handler.limits.max_prompt_chunks); shorten it",
                         field=name,

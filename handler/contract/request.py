@@ -10,6 +10,7 @@ from typing import Any
 from handler.contract.field import REQUIRED
 from handler.contract.fields import FIELDS
 from handler.contract.images import InputImage
+from handler.contract.prompt_syntax import understood
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class RequestRecord:
         by their sha256 and size, never themselves)."""
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         values["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras]
+        if self.prompt_syntax != "plain":  # what the syntax understood, so a user sees each weight
+            values["prompt_weights"] = understood(self)
         return {name: v.record() if isinstance(v, InputImage) else v for name, v in values.items()}
 
 

@@ -49,12 +49,10 @@ def encode_texts(
     return torch.cat(hidden, dim=-1), pooled
 
 
-def encode_prompts(
+def encode_chunked(
     pipeline: Any, device: torch.device, request: Any, guidance: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """(embeds, negative embeds, pooled, negative pooled), each repeated for the request's images, as
-    ``encode_prompt`` returns them (negatives None without guidance; zeros for an empty negative where the
-    pipeline's ``force_zeros_for_empty_prompt`` says so)."""
+    """``plain`` and ``a1111`` texts by the chunking rule of this module, once per request."""
     pairs = ((pipeline.tokenizer, pipeline.text_encoder), (pipeline.tokenizer_2, pipeline.text_encoder_2))
     encoders = [(tokenizer, encoder) for tokenizer, encoder in pairs if tokenizer is not None]
     # diffusers' refiner (one encoder) gives it `prompt`; the base gives the second `prompt_2 or prompt`.
@@ -75,6 +73,72 @@ def encode_prompts(
             negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
         else:
             negative_embeds, negative_pooled = encode_texts(encoders, negative_layouts, count, device)
+    return embeds, negative_embeds, pooled, negative_pooled
+
+
+def compel_for(pipeline: Any) -> Any:
+    """compel's SDXL entry point for a two-encoder pipeline, or compel's second-encoder half for the refiner
+    (one encoder); made once per pipeline. compel is the ``compel`` extra: a request naming the syntax is
+    refused at parse when it is missing (:mod:`handler.contract.compel_syntax`)."""
+    made = getattr(pipeline, "_sdxl_compel", None)
+    if made is None:
+        from compel import Compel, CompelForSDXL, ReturnedEmbeddingsType
+
+        if pipeline.tokenizer is not None:
+            made = CompelForSDXL(pipeline, device=pipeline.text_encoder_2.device)
+        else:  # CompelForSDXL's compel_2, as it builds it
+            made = Compel(
+                tokenizer=pipeline.tokenizer_2,
+                text_encoder=pipeline.text_encoder_2,
+                returned_embeddings_type=ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED,
+                truncate_long_prompts=False,
+                requires_pooled=True,
+                device=pipeline.text_encoder_2.device,
+            )
+        pipeline._sdxl_compel = made
+    return made
+
+
+def encode_with_compel(
+    pipeline: Any, device: torch.device, request: Any, guidance: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """``compel`` texts through compel itself (its syntax and math, its chunking of long prompts; a request's
+    texts padded to one length by compel), once per request."""
+    compel = compel_for(pipeline)
+    zero_negative = not request.negative_prompt and pipeline.config.force_zeros_for_empty_prompt
+    negative = request.negative_prompt or ""
+    with_negative = guidance and not zero_negative
+    if pipeline.tokenizer is not None:
+        made = compel(
+            main_prompt=request.prompt,
+            style_prompt=request.prompt_2 or request.prompt,
+            negative_prompt=negative if with_negative else None,
+            negative_style_prompt=(request.negative_prompt_2 or negative) if with_negative else None,
+        )
+        embeds, pooled = made.embeds, made.pooled_embeds
+        negative_embeds, negative_pooled = made.negative_embeds, made.negative_pooled_embeds
+    else:  # the refiner: diffusers gives its one encoder `prompt`
+        texts = [request.prompt] + ([negative] if with_negative else [])
+        stacked, pooled_rows = compel(texts)
+        embeds, pooled = stacked[:1], pooled_rows[:1]
+        negative_embeds, negative_pooled = (stacked[1:], pooled_rows[1:]) if with_negative else (None, None)
+    if not guidance:
+        negative_embeds = negative_pooled = None
+    elif zero_negative:
+        negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+    return embeds, negative_embeds, pooled, negative_pooled
+
+
+def encode_prompts(
+    pipeline: Any, device: torch.device, request: Any, guidance: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(embeds, negative embeds, pooled, negative pooled), each repeated for the request's images, as
+    ``encode_prompt`` returns them (negatives None without guidance; zeros for an empty negative where the
+    pipeline's ``force_zeros_for_empty_prompt`` says so)."""
+    if request.prompt_syntax == "compel":
+        embeds, negative_embeds, pooled, negative_pooled = encode_with_compel(pipeline, device, request, guidance)
+    else:
+        embeds, negative_embeds, pooled, negative_pooled = encode_chunked(pipeline, device, request, guidance)
     dtype, images = pipeline.text_encoder_2.dtype, request.num_images_per_prompt
 
     def repeat(tensor: torch.Tensor | None) -> torch.Tensor | None:

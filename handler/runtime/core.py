@@ -32,6 +32,7 @@ from handler.contract.request import Defaults, GenerationRequest, Limits
 from handler.contract.settings import HandlerSettings
 from handler.contract.stages import Stage
 from handler.model.denoise import Denoiser
+from handler.model.identity import model_identity
 from handler.model.loading import LoadedPipeline
 from handler.model.lora_catalogue import LoraCatalogue
 from handler.model.request_state import image_seeds
@@ -117,12 +118,13 @@ class Core:
         self.denoiser = Denoiser(
             loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels, catalogue, loaded.refiner
         )
+        self.model = model_identity(loaded.source, settings.unet_path)  # written into each image's recipe
         side = SideWorker(loaded.device, overlap=settings.overlaps_side_work(loaded.device.type))
         self.engine = Engine(
             self.denoiser,
             settings.max_images_per_call,
             side,
-            encode=lambda images: encode_many(images, settings),
+            encode=lambda images: encode_many(images, settings, self.model),
             keep_images=keep_images,
         )
         self.flights: dict[str, Flight] = {}  # request id -> its flight, for every request in the engine

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
+from handler.contract.a1111 import infotext
 from handler.contract.fields import IMAGE_CONTENT_TYPES
 from handler.contract.settings import HandlerSettings
 from handler.wire.events import PREVIEW, PROGRESS, event_line
@@ -21,33 +23,55 @@ LATENT_RGB_FACTORS = torch.tensor(
     [[0.3651, 0.4232, 0.4341], [-0.2533, -0.0042, 0.1068], [0.1076, 0.1111, -0.0362], [-0.3165, -0.2492, -0.2188]]
 )
 LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
+EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 
 
-def encode_image(image: Any, output_format: str, settings: HandlerSettings) -> bytes:
+def exif_user_comment(text: str) -> Image.Exif:
+    """EXIF with ``text`` as the UserComment (tag 0x9286 in the Exif IFD), in the UNICODE encoding that A1111
+    writes (``piexif.helper.UserComment.dump(text, encoding="unicode")``: an 8-byte code, then UTF-16)."""
+    exif = Image.Exif()
+    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
+    return exif
+
+
+def encode_image(image: Any, output_format: str, settings: HandlerSettings, recipe: str | None = None) -> bytes:
+    """``image`` in ``output_format``, with ``recipe`` (an A1111 infotext) inside where given: PNG text chunk
+    ``parameters`` (tEXt, iTXt for non-Latin-1 text: Pillow picks), JPEG/WebP EXIF UserComment."""
     buffer = io.BytesIO()
     if output_format == "png":
-        image.save(buffer, format="PNG", compress_level=settings.png_compress_level)
-    elif output_format == "jpeg":
-        image.save(buffer, format="JPEG", quality=settings.jpeg_quality)
-    elif output_format == "webp":
-        image.save(buffer, format="WEBP", quality=settings.webp_quality)
+        info = None
+        if recipe is not None:
+            info = PngInfo()
+            info.add_text("parameters", recipe)
+        image.save(buffer, format="PNG", compress_level=settings.png_compress_level, pnginfo=info)
+    elif output_format in ("jpeg", "webp"):
+        quality = settings.jpeg_quality if output_format == "jpeg" else settings.webp_quality
+        extra = {} if recipe is None else {"exif": exif_user_comment(recipe)}
+        image.save(buffer, format=output_format.upper(), quality=quality, **extra)
     else:
         raise ValueError(f"unsupported output format {output_format!r}")
     return buffer.getvalue()
 
 
 def encode_many(
-    images: dict[Any, tuple[Any, list[Any]]], settings: HandlerSettings
+    images: dict[Any, tuple[Any, list[Any]]], settings: HandlerSettings, model: dict[str, Any] | None = None
 ) -> dict[Any, list[bytes] | Exception]:
     """Encode the images of several requests (key -> (request, PIL images)) at once, in the request's
-    ``output_format``. Pillow's encoders release the GIL, so threads run them in parallel (a 1024 px PNG takes
-    ~0.1-0.3 s, comparable to a GPU step). A failure stays with its key."""
-    jobs = [(key, request, image) for key, (request, pictures) in images.items() for image in pictures]
+    ``output_format``, each with its recipe unless the request says ``embed_parameters: false`` (``model``: the
+    served model's name and hash, :func:`handler.model.identity.model_identity`). Pillow's encoders release
+    the GIL, so threads run them in parallel (a 1024 px PNG takes ~0.1-0.3 s, comparable to a GPU step). A
+    failure stays with its key."""
+    jobs = []
+    for key, (request, pictures) in images.items():
+        parameters = request.parameters() if request.embed_parameters else None
+        for index, image in enumerate(pictures):
+            recipe = None if parameters is None else infotext(parameters, request.seed + index, model)
+            jobs.append((key, request, image, recipe))
 
-    def encode(job: tuple[Any, Any, Any]) -> bytes | Exception:
-        _, request, image = job
+    def encode(job: tuple[Any, Any, Any, str | None]) -> bytes | Exception:
+        _, request, image, recipe = job
         try:
-            return encode_image(image, request.output_format, settings)
+            return encode_image(image, request.output_format, settings, recipe)
         except Exception as exc:  # reported as this request's error
             return exc
 
@@ -57,7 +81,7 @@ def encode_many(
     else:
         results = [encode(job) for job in jobs]
     encoded: dict[Any, list[bytes] | Exception] = {key: [] for key in images}
-    for (key, _, _), result in zip(jobs, results, strict=True):
+    for (key, *_), result in zip(jobs, results, strict=True):
         if isinstance(result, Exception):
             encoded[key] = result
         elif isinstance(encoded[key], list):

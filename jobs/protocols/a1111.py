@@ -15,16 +15,11 @@ import io
 import json
 from typing import Any
 
+from handler.contract.a1111 import A1111_SAMPLERS, A1111_SCHEDULES, infotext, sampler_label
 from handler.contract.errors import InvalidRequest, ServingError
 from handler.contract.samplers import SAMPLERS
 
-# A1111's sampler names (and, before 1.9, the schedule in the name) -> ours.
-SAMPLER_NAMES = {
-    "Euler": "euler", "Euler a": "euler_a", "Heun": "heun", "DPM2": "dpm2", "DPM2 a": "dpm2_a",
-    "DPM++ 2M": "dpmpp_2m", "DPM++ 2M SDE": "dpmpp_2m_sde", "DDIM": "ddim", "UniPC": "unipc", "LCM": "lcm",
-}  # fmt: skip
-SCHEDULERS = {"automatic": ("Automatic", "default"), "karras": ("Karras", "karras"),
-              "exponential": ("Exponential", "exponential"), "sgm_uniform": ("SGM Uniform", "trailing")}  # fmt: skip
+SAMPLER_NAMES, SCHEDULERS = A1111_SAMPLERS, A1111_SCHEDULES  # one table: the contract's (infotext uses it too)
 ANCESTRAL = ("euler_a", "dpm2_a")  # A1111's eta scales their noise (1 = theirs and ours)
 MAPPED = {"prompt": "prompt", "negative_prompt": "negative_prompt", "steps": "num_inference_steps",
           "cfg_scale": "guidance_scale", "width": "width", "height": "height", "seed": "seed",
@@ -173,13 +168,10 @@ def renamed(exc: ServingError) -> ServingError:
     return exc
 
 
-def info(record: dict[str, str], parameters: dict[str, Any], batches: int) -> str:
+def info(record: dict[str, str], parameters: dict[str, Any], batches: int, model: dict | None = None) -> str:
     """A1111's ``info``: a JSON string with the seeds and settings of the images."""
     seeds = json.loads(record["seeds"])
-    sampler = next((name for name, ours in SAMPLER_NAMES.items() if ours == parameters["sampler"]),
-                   parameters["sampler"] or "model default")  # fmt: skip
-    line = (f"Steps: {parameters['num_inference_steps']}, Sampler: {sampler}, CFG scale: "
-            f"{parameters['guidance_scale']}, Size: {parameters['width']}x{parameters['height']}")  # fmt: skip
+    sampler = sampler_label(parameters["sampler"])
     return json.dumps({
         "prompt": parameters["prompt"], "all_prompts": [parameters["prompt"]] * len(seeds),
         "negative_prompt": parameters["negative_prompt"],
@@ -188,8 +180,7 @@ def info(record: dict[str, str], parameters: dict[str, Any], batches: int) -> st
         "width": parameters["width"], "height": parameters["height"], "sampler_name": sampler,
         "cfg_scale": parameters["guidance_scale"], "steps": parameters["num_inference_steps"],
         "batch_size": len(seeds) // batches, "n_iter": batches, "denoising_strength": parameters.get("strength"),
-        "infotexts": [f"{parameters['prompt']}\nNegative prompt: {parameters['negative_prompt']}\n{line}, "
-                      f"Seed: {seed}" for seed in seeds],
+        "infotexts": [infotext(parameters, seed, model) for seed in seeds],
         "job_id": record["id"],
     })  # fmt: skip
 
