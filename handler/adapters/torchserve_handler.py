@@ -38,7 +38,10 @@ class StableDiffusionXLHandler(BaseHandler):
         """Load the pipeline and warm it up; TorchServe reports READY only after this returns."""
         properties = context.system_properties
         self.core = build_core(
-            properties["model_dir"], getattr(context, "model_yaml_config", None), gpu_id=properties.get("gpu_id")
+            properties["model_dir"],
+            getattr(context, "model_yaml_config", None),
+            gpu_id=properties.get("gpu_id"),
+            serving_name=getattr(context, "model_name", None),
         )
         self._record(context, startup_observations(tuple(error.__name__ for error in CLIENT_VISIBLE_ERRORS)))
         # TorchServe has no unload hook for a handler: the worker process ends, so close the core as it exits.

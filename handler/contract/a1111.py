@@ -47,7 +47,9 @@ def schedule_label(schedule: str) -> str:
 
 def quote(value: Any) -> str:
     """A1111's ``quote``: text with a comma, colon or newline as a JSON string, anything else as it is."""
-    text = value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    text = (
+        value if isinstance(value, str) else json.dumps(value) if isinstance(value, (list, tuple, bool)) else str(value)
+    )
     return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
 
 

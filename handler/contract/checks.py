@@ -28,13 +28,6 @@ def text(name: str, value: Any, max_chars: int, optional: bool) -> str | None:
             field=name,
             value=value,
         )
-    bad = next((at for at, char in enumerate(value) if "\ud800" <= char <= "\udfff"), None)
-    if bad is not None:  # a lone surrogate (a JSON "\\udXXX" escape): not Unicode text, no encoder takes it
-        raise InvalidRequest(
-            f"`{name}` has an invalid character (lone surrogate U+{ord(value[bad]):04X}) at position {bad}",
-            field=name,
-            value=value.encode("utf-8", "backslashreplace").decode(),
-        )
     return value
 
 

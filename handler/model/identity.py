@@ -22,8 +22,8 @@ def unet_weight_files(source: str, unet_path: str | None = None) -> list[Path]:
     return []
 
 
-def model_identity(source: str, unet_path: str | None = None) -> dict[str, str | None]:
-    """``{"name": the folder's name (or the hub id), "hash": 10 hex digits or None}``."""
+def model_identity(source: str, unet_path: str | None = None, name: str | None = None) -> dict[str, str | None]:
+    """``{"name": name, else the folder's name (or the hub id), "hash": 10 hex digits or None}``."""
     files = unet_weight_files(source, unet_path)
     digest = None
     if files:
@@ -33,4 +33,4 @@ def model_identity(source: str, unet_path: str | None = None) -> dict[str, str |
                 while block := handle.read(1 << 24):
                     sha.update(block)
         digest = sha.hexdigest()[:10]
-    return {"name": Path(source).name if Path(source).exists() else source, "hash": digest}
+    return {"name": name or (Path(source).name if Path(source).exists() else source), "hash": digest}

@@ -91,6 +91,8 @@ class Core:
             that give none.
         keep_images (`bool`, defaults to False): replies carry their decoded images too (``Reply.images``), for
             an adapter that sends pixels (Triton) instead of the encoded bytes.
+        serving_name (`str`, defaults to None): the name the server serves the model by (TorchServe's model
+            name), written as ``Model`` in each image's recipe unless the yaml names a ``model_path``.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Core:
         settings: HandlerSettings,
         seed_source: Callable[[], int] = draw_seed,
         keep_images: bool = False,
+        serving_name: str | None = None,
     ):
         self.loaded = loaded
         self.settings = settings
@@ -118,7 +121,9 @@ class Core:
         self.denoiser = Denoiser(
             loaded.pipeline, loaded.device, settings.memory_ceiling_latent_pixels, catalogue, loaded.refiner
         )
-        self.model = model_identity(loaded.source, settings.unet_path)  # written into each image's recipe
+        # Written into each image's recipe: the folder the yaml names, else the name the server serves it by.
+        name = None if settings.model_path else serving_name
+        self.model = model_identity(loaded.source, settings.unet_path, name)
         side = SideWorker(loaded.device, overlap=settings.overlaps_side_work(loaded.device.type))
         self.engine = Engine(
             self.denoiser,

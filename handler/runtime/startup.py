@@ -74,10 +74,15 @@ def warmup_img2img(request: GenerationRequest) -> GenerationRequest:
 
 
 def build_core(
-    model_dir: str, model_yaml: dict[str, Any] | None, gpu_id: int | None = None, keep_images: bool = False
+    model_dir: str,
+    model_yaml: dict[str, Any] | None,
+    gpu_id: int | None = None,
+    keep_images: bool = False,
+    serving_name: str | None = None,
 ) -> Core:
     """The core the model yaml describes, on the pipeline its ``handler.model_path`` names (else the one in
-    ``model_dir``), warmed up within TorchServe's ``startupTimeout`` (``keep_images``: see :class:`Core`).
+    ``model_dir``), warmed up within TorchServe's ``startupTimeout`` (``keep_images``, ``serving_name``: see
+    :class:`Core`).
 
     Without a yaml (an archive built without ``--config-file``), or a yaml whose ``handler.defaults`` leave out
     ``width`` and ``height``, the default size is the model's own (diffusers' rule: the UNet's sample size times
@@ -97,7 +102,7 @@ def build_core(
         log.info("default size %dx%d: the model's own (handler.defaults sets no width/height)", side, side)
 
     # 3. Warm up in what is left of TorchServe's start-up timeout (a worker past it is killed and restarted).
-    core = Core(loaded, settings, keep_images=keep_images)
+    core = Core(loaded, settings, keep_images=keep_images, serving_name=serving_name)
     timeout = float((model_yaml or {}).get("startupTimeout", TORCHSERVE_STARTUP_TIMEOUT_S))
     warm_up(core, budget_s=timeout - (time.perf_counter() - started) - STARTUP_MARGIN_S)
     return core

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,12 +27,15 @@ LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 
 
-def exif_user_comment(text: str) -> Image.Exif:
-    """EXIF with ``text`` as the UserComment (tag 0x9286 in the Exif IFD), in the UNICODE encoding that A1111
-    writes (``piexif.helper.UserComment.dump(text, encoding="unicode")``: an 8-byte code, then UTF-16)."""
-    exif = Image.Exif()
-    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = b"UNICODE\0" + text.encode("utf-16-be")
-    return exif
+def exif_user_comment(text: str) -> bytes:
+    """An EXIF block holding ``text`` as its UserComment (tag 0x9286 in the Exif IFD, type UNDEFINED), in the
+    UNICODE encoding A1111 writes (``piexif.helper.UserComment.dump(text, encoding="unicode")``: an 8-byte
+    code, then UTF-16). Built by hand: Pillow's Exif writes a bytes value as BYTE, which readers truncate."""
+    comment = b"UNICODE\0" + text.encode("utf-16-be")
+    tiff = b"MM\x00\x2a" + struct.pack(">I", 8)  # big-endian TIFF header, IFD0 at offset 8
+    tiff += struct.pack(">HHHII", 1, EXIF_IFD, 4, 1, 26) + struct.pack(">I", 0)  # IFD0: a pointer to the Exif IFD
+    tiff += struct.pack(">HHHII", 1, USER_COMMENT, 7, len(comment), 44) + struct.pack(">I", 0)  # Exif IFD
+    return b"Exif\x00\x00" + tiff + comment
 
 
 def encode_image(image: Any, output_format: str, settings: HandlerSettings, recipe: str | None = None) -> bytes:

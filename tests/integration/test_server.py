@@ -166,3 +166,29 @@ def test_worker_survives_errors_and_keeps_serving(server):
     good = server.predict({"prompt": "still alive", "seed": 11})
     assert good.status_code == 200
     assert server.worker_pids() == pid_before
+
+
+def test_the_png_carries_its_recipe_and_a1111s_parser_reads_back_the_request(server, model_store):
+    """The real server's PNG (as TorchServe sends it, raw and in JSON) holds the A1111 infotext: every recipe
+    field of the request, the served model's name and its UNet hash; ``embed_parameters: false`` holds none."""
+    import hashlib
+
+    from handler.contract.parse import parse_request
+    from tests.unit.test_infotext import parse_generation_parameters, recipe_of, request_fields
+
+    body = {"prompt": "a (red cat:1.3), on a hill", "prompt_syntax": "a1111", "negative_prompt": "blurry",
+            "seed": 11, "sampler": "dpmpp_2m", "schedule": "karras", "guidance_scale": 4.5, "width": 64,
+            "height": 64, "num_inference_steps": 3}  # fmt: skip
+    raw = server.predict({**body, "response_format": "image"})
+    document = server.predict(body)
+    bare = server.predict({**body, "embed_parameters": False})
+    assert raw.status_code == document.status_code == bare.status_code == 200
+    text = Image.open(io.BytesIO(raw.content)).info["parameters"]
+    assert images_of(document)[0].info["parameters"] == text
+    assert "parameters" not in images_of(bare)[0].info
+    parsed = parse_generation_parameters(text)
+    unet = sorted((model_store.parent / "build" / "tiny-sdxl" / "unet").glob("*.safetensors"))  # what was packed
+    assert parsed.pop("Model") == MODEL_NAME
+    assert parsed.pop("Model hash") == hashlib.sha256(b"".join(p.read_bytes() for p in unet)).hexdigest()[:10]
+    request = parse_request({**body, "embed_parameters": True})
+    assert request_fields(parsed, request) == recipe_of(request)

@@ -45,6 +45,7 @@ def test_every_field_is_taken_from_the_request():
         "seed": MAX_SEED,
         "num_images_per_prompt": 2,
         "output_format": "webp",
+        "embed_parameters": False,
         "response_format": "json",
         "stream": True,
         "preview_every": 2,
@@ -73,7 +74,11 @@ def test_every_field_is_taken_from_the_request():
     pairs = {name: tuple(value) for name, value in body.items() if isinstance(value, list) and name != "loras"}
     images = {name: getattr(request, name).record() for name in ("image", "mask_image")}
     assert images["image"]["width"] == 512 and images["mask_image"]["height"] == 768
-    assert request.parameters() == {**body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0, **pairs, **images}
+    understood = {"prompt_weights": {name: [[body[name], 1.0]] for name in ("prompt", "negative_prompt", "prompt_2",
+                                                                             "negative_prompt_2")}}  # fmt: skip
+    assert request.parameters() == {
+        **body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0, **pairs, **images, **understood
+    }  # fmt: skip
     assert isinstance(request.guidance_scale, float)
 
 

@@ -22,7 +22,9 @@ class TritonPythonModel:
         model_yaml["continuousBatching"] = False  # Triton's dynamic batcher hands over whole batches
         gpu = int(args["model_instance_device_id"]) if args["model_instance_kind"] == "GPU" else None
         # loads and warms up; replies keep the decoded images, so `image` is pixels, not our PNG decoded back
-        self.core = build_core(args["model_repository"], model_yaml, gpu, keep_images=True)
+        self.core = build_core(
+            args["model_repository"], model_yaml, gpu, keep_images=True, serving_name=args.get("model_name")
+        )
 
     def execute(self, requests):
         inputs = []
