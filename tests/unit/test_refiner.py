@@ -108,13 +108,23 @@ def test_aesthetic_scores_are_the_refiners_last_time_id(core):
 def test_base_and_refiner_stages_share_their_forwards_in_one_call_and_equal_solo(
     tiny_model_dir, tiny_settings, refiner_dir, continuous
 ):
-    """Different hand-over points and step counts: in the same step some requests are in the refiner stage
-    (one refiner forward for them), the others in the base stage (one base forward); each equals its solo run."""
+    """Different hand-over points, step counts and prompt lengths: in the same step some requests are in the
+    refiner stage (one refiner forward for them), the others in the base stage (one base forward); each equals
+    its solo run."""
+    from tests.unit.test_text_encoding import prompt_of
+
     settings = refiner_settings(tiny_settings, refiner_dir, continuous=continuous).with_changes(overlap_side_work=False)
     core = Core(load_pipeline(str(tiny_model_dir), settings), settings)
     bodies = [
         {"prompt": "a cat", "seed": 1, "num_inference_steps": 6, "denoising_end": 0.5},
-        {"prompt": "a dog", "seed": 2, "num_inference_steps": 6, "denoising_end": 0.8},
+        # a weighted 3-chunk prompt beside 1-chunk ones: both models' forwards pad and mask it
+        {
+            "prompt": "(a dog:1.3) " + prompt_of(160),
+            "prompt_syntax": "a1111",
+            "seed": 2,
+            "num_inference_steps": 6,
+            "denoising_end": 0.8,
+        },
         {"prompt": "a sea", "seed": 3, "num_inference_steps": 6},
         {"prompt": "a sky", "seed": 4, "num_inference_steps": 4, "denoising_end": 0.5, "sampler": "dpmpp_2m"},
     ]
