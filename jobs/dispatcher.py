@@ -39,7 +39,7 @@ from sdxl_client.torchserve_keys import KeyRenewalFailed, TorchServeKeys, key_re
 from . import webhooks
 from .services import Services
 from .settings import JobSettings
-from .torchserve_answers import RETRYABLE_STATUS, Retryable, torchserve_error
+from .torchserve_answers import Retryable, retryable, torchserve_error
 
 log = logging.getLogger("sdxl.dispatcher")
 CONTENT_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
@@ -145,7 +145,7 @@ class Dispatcher:
                         except KeyRenewalFailed as exc:
                             log.warning("job %s: %s", job_id, exc)
                     error = torchserve_error(response.status_code, text)
-                    if response.status_code in RETRYABLE_STATUS:
+                    if retryable(response.status_code, error):
                         return Retryable(error)
                     await state.transition(job_id, "failed", error=error)
                     return None

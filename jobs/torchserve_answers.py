@@ -9,6 +9,13 @@ import re
 from typing import Any
 
 RETRYABLE_STATUS = (500, 502, 503)  # worker died / TorchServe restarting / TorchServe's own queue full
+# ... except the handler's own verdict on the request: its deadline cannot be met (a later attempt is later still).
+FINAL_TYPES = ("DeadlineUnreachable",)
+
+
+def retryable(status: int, error: dict[str, Any]) -> bool:
+    """Whether another attempt may succeed."""
+    return status in RETRYABLE_STATUS and error.get("type") not in FINAL_TYPES
 
 
 class Retryable(Exception):

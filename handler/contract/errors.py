@@ -1,7 +1,8 @@
 """Typed serving errors and the ONE place that maps any exception to an HTTP status and JSON body.
 
 Every failure a client can see goes through :func:`as_serving_error`, so the adapters, the tests and the docs
-agree on codes: invalid input -> 400, out of memory -> 507, time budget -> 504, anything else -> 500.
+agree on codes: invalid input -> 400, out of memory -> 507, time budget -> 504, a deadline the server cannot
+meet -> 503 with Retry-After, anything else -> 500.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ class TimeBudgetExceeded(ServingError):
 
     status = 504
     phrase = "Gateway Timeout"
+
+
+class DeadlineUnreachable(ServingError):
+    """At admission, the server's estimate of the request's finish misses its ``deadline_s``: refused at once,
+    with ``Retry-After`` (the estimate), instead of run late."""
+
+    status = 503
+    phrase = "Service Unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: float, field: str | None = None, value: Any = None):
+        super().__init__(message, field=field, value=value)
+        self.retry_after_s = retry_after_s
 
 
 class NonFiniteImage(ServingError):
@@ -99,6 +112,7 @@ CLIENT_VISIBLE_ERRORS = (
     InvalidRequest,
     ResponseTooLarge,
     TimeBudgetExceeded,
+    DeadlineUnreachable,
     NonFiniteImage,
     OutOfMemory,
     ServingError,

@@ -165,6 +165,26 @@ FIELDS: tuple[Field, ...] = (
         when_null="none",
     ),
     Field(
+        "priority",
+        Integer(0, "max_priority"),
+        "Importance, 0 (lowest) and up: when the step budget (`handler.max_rows_per_step`) cannot take every "
+        "request in flight, the `priority` and `slack` step policies step higher ones first; a waiting request "
+        "gains one level per `handler.priority_aging_s`, so none starves.",
+        group="scheduling",
+        default=0,
+        configurable=True,
+    ),
+    Field(
+        "deadline_s",
+        Number(0, "max_timeout_s", nullable=True, open_low=True),
+        "The image's target, seconds from arrival: the `edf` and `slack` step policies step the nearest first; "
+        "a request whose estimated finish (its steps at the measured step time) misses it is refused at once "
+        "with 503 and `Retry-After`. Unlike `timeout_s`, never stops a running request.",
+        group="scheduling",
+        configurable=True,
+        when_null="none",
+    ),
+    Field(
         "sampler",
         Choice(lambda limits: limits.samplers or SAMPLER_NAMES, nullable=True),
         "The sampler (its own scheduler per request; requests with different samplers still share each UNet "

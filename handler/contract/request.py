@@ -26,6 +26,7 @@ class Limits:
     max_guidance_scale: float = 30.0
     max_images_per_prompt: int = 4
     max_timeout_s: float = 600.0
+    max_priority: int = 9  # `priority` is 0 (default) .. this
     samplers: tuple[str, ...] | None = None  # None: every sampler of handler.contract.samplers.SAMPLERS
     allowed_sizes: tuple[tuple[int, int], ...] | None = None  # (width, height); None: any size within bounds
     max_image_bytes: int = 10 * 2**20  # per input image, encoded (TorchServe's max_request_size must fit two)

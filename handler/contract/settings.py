@@ -39,6 +39,9 @@ class FusedLora:
     weight_name: str | None = None  # the file inside a folder or hub repo, when it holds several
 
 
+STEP_POLICIES = ("fifo", "priority", "edf", "slack")
+
+
 @dataclass(frozen=True)
 class WarmupShape:
     """One warmup generation run in ``initialize`` before the model reports READY."""
@@ -90,6 +93,17 @@ class HandlerSettings:
         steps_per_call (`int`, defaults to 1): continuous batching only: denoising steps every in-flight
             request advances per handler call. More steps per call cost less per-call overhead but make
             joiners wait longer for the next step boundary and send progress less often.
+        step_policy (`str`, defaults to "fifo"): which requests in flight take the next step when
+            ``max_rows_per_step`` cannot take them all (:mod:`handler.runtime.step_policy`): "fifo" (arrival),
+            "priority" (``priority``, aged), "edf" (earliest ``deadline_s``), "slack" (least time to spare
+            before the deadline at the measured step time, then priority). The others wait, parked, and resume
+            at the same step: their images do not change.
+        max_rows_per_step (`int`, defaults to None): UNet rows (a request with guidance is 2 per image) stepped
+            per step, over all groups; None steps every request in flight (no choice to make). With
+            continuous batching, let TorchServe's ``batchSize`` admit more requests than this, so the policy
+            has some to choose from.
+        priority_aging_s (`float`, defaults to 30): a waiting request gains one priority level per this many
+            seconds in the engine ("priority" and "slack").
         overlap_side_work (`bool` or "auto", defaults to "auto"): finishers' VAE decode + image encoding run
             on a side thread (and CUDA stream) beside the shared denoising steps, instead of inside them where
             every request still denoising waits for them. "auto" is on for CUDA and off
@@ -124,6 +138,9 @@ class HandlerSettings:
     encode_threads: int = 8
     compile_mode: str | None = None
     steps_per_call: int = 1
+    step_policy: str = "fifo"
+    max_rows_per_step: int | None = None
+    priority_aging_s: float = 30.0
     overlap_side_work: bool | str = "auto"
     continuous: bool = False
     memory_ceiling_latent_pixels: int | None = None
@@ -215,6 +232,14 @@ class HandlerSettings:
             raise ConfigError(f"handler.lora_batching must be mixed or grouped but is {self.lora_batching!r}")
         if self.max_loaded_loras < 1:
             raise ConfigError(f"handler.max_loaded_loras must be >= 1 but is {self.max_loaded_loras}")
+        if self.step_policy not in STEP_POLICIES:
+            raise ConfigError(
+                f"handler.step_policy must be one of {', '.join(STEP_POLICIES)} but is {self.step_policy!r}"
+            )
+        if self.max_rows_per_step is not None and self.max_rows_per_step < 1:
+            raise ConfigError(f"handler.max_rows_per_step must be >= 1 or null but is {self.max_rows_per_step}")
+        if self.priority_aging_s <= 0:
+            raise ConfigError(f"handler.priority_aging_s must be > 0 but is {self.priority_aging_s}")
         if self.steps_per_call < 1:
             raise ConfigError(f"handler.steps_per_call must be >= 1 but is {self.steps_per_call}")
         if self.max_images_per_call < self.limits.max_images_per_prompt:

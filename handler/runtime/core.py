@@ -41,6 +41,7 @@ from handler.runtime.engine import Engine
 from handler.runtime.flight import Flight
 from handler.runtime.metrics import Observation, call_metrics
 from handler.runtime.side_work import SideWorker
+from handler.runtime.step_policy import StepPolicy
 from handler.wire.encode import encode_many, stream_lines
 from handler.wire.replies import Reply, chunk_reply, error_reply, final_reply, success_reply
 
@@ -131,6 +132,7 @@ class Core:
             side,
             encode=lambda images: encode_many(images, settings, self.model),
             keep_images=keep_images,
+            policy=StepPolicy(settings.step_policy, settings.max_rows_per_step, settings.priority_aging_s),
         )
         self.flights: dict[str, Flight] = {}  # request id -> its flight, for every request in the engine
         self.calls = 0
@@ -305,9 +307,11 @@ class Core:
             return error_reply(exc)
 
     def _accounting(self, call: Call, flight: Flight) -> dict[str, Any]:
-        """The ``batch`` section of a reply: the handler's own record of how the request ran."""
+        """The ``batch`` section of a reply: the handler's own record of how the request ran (with a step budget,
+        also the steps the policy parked it for)."""
+        parked = {} if self.settings.max_rows_per_step is None else {"parked_steps": flight.parked_steps}
         if self.settings.continuous:
-            return {
+            return parked | {
                 "scheduling": "continuous",
                 "joined_call": flight.joined_call,
                 "left_call": call.number,
@@ -316,7 +320,7 @@ class Core:
                 "steps_per_call": self.settings.steps_per_call,
                 "unet_forwards": flight.state.forwards,
             }
-        return {
+        return parked | {
             "scheduling": "static",
             "requests": call.size,
             "rejected": len(call.rejected),

@@ -31,6 +31,7 @@ from handler.model.request_state import RequestState
 from handler.runtime.batching import Group, GroupKey, group_requests
 from handler.runtime.flight import Flight, step_report
 from handler.runtime.side_work import SideWorker
+from handler.runtime.step_policy import StepPolicy, check_deadline
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Engine:
             (in-process benchmarks).
         keep_images (`bool`, defaults to False): keep each request's decoded images beside the encoded ones
             (``Flight.images``), for an adapter that sends pixels (Triton).
+        policy (`StepPolicy`, defaults to every flight every step): which flights take each step
+            (:mod:`handler.runtime.step_policy`).
     """
 
     def __init__(
@@ -59,6 +62,7 @@ class Engine:
         side: SideWorker,
         encode: Encoder | None = None,
         keep_images: bool = False,
+        policy: StepPolicy | None = None,
     ):
         self.denoiser = denoiser
         self.max_images_per_call = max_images_per_call
@@ -69,10 +73,13 @@ class Engine:
         # engine is empty (memory was freed).
         self.row_caps: dict[GroupKey, int] = {}
         self.in_flight: set[Flight] = set()  # admitted, not yet finished or aborted
+        self.policy = policy or StepPolicy()
+        self.step_s: float | None = None  # seconds per shared step, a moving average: deadline estimates
 
     def admit(self, request: GenerationRequest, key: str, arrived: float, **details: Any) -> Flight:
         """Prepare a request (conditioning, its own scheduler, seeded noise): it takes its first step next. An
         init image is VAE-encoded on the side worker (beside the steps when it overlaps): it joins when done."""
+        check_deadline(request, arrived, self.step_s)
         names = [name for name, _ in request.loras]
         if names:
             self.denoiser.loras.acquire(names)  # loaded (first use) and pinned until it leaves
@@ -131,11 +138,13 @@ class Engine:
                     break
                 self._join_prepared(flights, wait=True)  # nothing to step until an image is encoded
                 continue
-            self._step(active)
+            chosen = self.policy.choose(active, time.perf_counter(), self.step_s)
+            self._step(chosen)
+            self._park([f for f in active if f not in chosen])
             steps += 1
             if on_step is not None:
-                on_step(active)
-            self._hand_over([f for f in active if not f.done and f.state.finished])
+                on_step(chosen)
+            self._hand_over([f for f in chosen if not f.done and f.state.finished])
         # With nobody left to stall, wait for the side work instead of returning with nothing done.
         while any(f.pending is not None for f in flights) and not any(f.denoising or f.preparing for f in flights):
             self._collect(flights, wait=True)
@@ -179,23 +188,35 @@ class Engine:
             for flight in members:
                 flight.shared_steps += len(members) > 1
         now = time.perf_counter()
+        self.step_s = now - started if self.step_s is None else 0.8 * self.step_s + 0.2 * (now - started)
         for flight in active:
             state = flight.state
             if flight.done:  # failed in this step
                 continue
             if state.finished:
                 flight.timings_ms[Stage.DENOISE] = (now - flight.denoise_started) * 1000
-            elif flight.deadline is not None and now > flight.deadline:
-                flight.fail(
-                    TimeBudgetExceeded(
-                        f"`timeout_s` of {flight.request.timeout_s} s ran out after step {state.step} of "
-                        f"{state.total_steps}",
-                        field="timeout_s",
-                        value=flight.request.timeout_s,
-                    )
-                )
+            else:
+                self._expire(flight, now)
             if flight.request.stream and not flight.done:
                 flight.reports.append(step_report(state))
+
+    def _park(self, parked: list[Flight]) -> None:
+        """Flights the policy left out of this step wait where they are; their time budget still runs."""
+        now = time.perf_counter()
+        for flight in parked:
+            flight.parked_steps += 1
+            self._expire(flight, now)
+
+    def _expire(self, flight: Flight, now: float) -> None:
+        if flight.deadline is not None and now > flight.deadline:
+            flight.fail(
+                TimeBudgetExceeded(
+                    f"`timeout_s` of {flight.request.timeout_s} s ran out after step {flight.state.step} of "
+                    f"{flight.state.total_steps}",
+                    field="timeout_s",
+                    value=flight.request.timeout_s,
+                )
+            )
 
     def _within_cap(self, key: GroupKey, flights: list[Flight]) -> list[list[Flight]]:
         """``flights`` in consecutive parts of at most the learned row cap (at least one flight per part)."""

@@ -54,6 +54,7 @@ class Flight:
     pending: Future | None = None  # its finish job on the side worker
     committed: bool = False  # bytes went out (HTTP 200 and headers sent): its last reply is a stream's end
     shared_steps: int = 0  # steps whose UNet forward it shared with other requests
+    parked_steps: int = 0  # steps the step policy left it out of (handler.runtime.step_policy)
     denoise_started: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     reports: list[StepReport] = field(default_factory=list)  # streamed steps not sent yet

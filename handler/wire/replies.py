@@ -14,6 +14,7 @@ The one rule for a request's LAST reply (:func:`final_reply`), whether its first
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,12 +72,14 @@ def error_reply(exc: BaseException) -> Reply:
     :func:`handler.contract.errors.as_serving_error`)."""
     error = as_serving_error(exc)
     document = error_document(error)
+    retry_after = getattr(error, "retry_after_s", None)
     return Reply(
         status=error.status,
         phrase=error.phrase,
         body=json.dumps({"error": document}).encode(),
         error=document["type"],
         code=error.status,
+        headers={} if retry_after is None else {"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
 
 
