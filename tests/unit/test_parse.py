@@ -50,6 +50,8 @@ def test_every_field_is_taken_from_the_request():
         "stream": True,
         "preview_every": 2,
         "timeout_s": 30,
+        "priority": 3,
+        "deadline_s": 20,
         "sampler": "ddim",
         "schedule": "trailing",
         "eta": 0,
@@ -77,7 +79,7 @@ def test_every_field_is_taken_from_the_request():
     understood = {"prompt_weights": {name: [[body[name], 1.0]] for name in ("prompt", "negative_prompt", "prompt_2",
                                                                              "negative_prompt_2")}}  # fmt: skip
     assert request.parameters() == {
-        **body, "guidance_scale": 3.0, "timeout_s": 30.0, "eta": 0.0, **pairs, **images, **understood
+        **body, "guidance_scale": 3.0, "timeout_s": 30.0, "deadline_s": 20.0, "eta": 0.0, **pairs, **images, **understood
     }  # fmt: skip
     assert isinstance(request.guidance_scale, float)
 
