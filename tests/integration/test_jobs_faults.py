@@ -40,8 +40,9 @@ def test_a_job_whose_dispatcher_is_killed_completes_on_another_with_attempt_2(st
 
 def test_sigterm_finishes_what_fits_the_grace_and_puts_the_rest_back_at_the_head(stack):
     draining = stack.add_dispatcher()
-    short = stack.submit({"prompt": "fits", "num_inference_steps": 20}).json()["job_id"]
-    stack.wait_step(short, 1)
+    # In flight at SIGTERM, 3 steps (~0.3 s idle, ~1.3 s on a loaded 2-core machine) left: it fits the 2 s grace.
+    short = stack.submit({"prompt": "fits", "num_inference_steps": 20, "width": 128, "height": 128}).json()["job_id"]
+    stack.wait_step(short, 17)
     draining.signal(signal.SIGTERM)
     later = stack.submit({"prompt": "submitted during the drain"}).json()["job_id"]
     assert draining.process.wait(30) == 0, draining.log_tail()

@@ -78,9 +78,8 @@ def test_every_field_is_taken_from_the_request():
     assert images["image"]["width"] == 512 and images["mask_image"]["height"] == 768
     understood = {"prompt_weights": {name: [[body[name], 1.0]] for name in ("prompt", "negative_prompt", "prompt_2",
                                                                              "negative_prompt_2")}}  # fmt: skip
-    assert request.parameters() == {
-        **body, "guidance_scale": 3.0, "timeout_s": 30.0, "deadline_s": 20.0, "eta": 0.0, **pairs, **images, **understood
-    }  # fmt: skip
+    numbers = {"guidance_scale": 3.0, "timeout_s": 30.0, "deadline_s": 20.0, "eta": 0.0}
+    assert request.parameters() == {**body, **numbers, **pairs, **images, **understood}
     assert isinstance(request.guidance_scale, float)
 
 
