@@ -82,9 +82,17 @@ LORA_LOAD_TIME = MetricSpec(
     "sdxl_lora_load_dekaseconds", "histogram", "Dekaseconds", (), "Time to load one catalogue LoRA"
 )
 LORAS_LOADED = MetricSpec("sdxl_loras_loaded", "gauge", "Count", (), "Catalogue LoRAs loaded now")
+DEADLINES = MetricSpec(
+    "sdxl_deadlines_total",
+    "counter",
+    "Count",
+    ("Outcome", "Priority"),
+    "Finished requests with a deadline_s, by outcome (met: handler time within it; missed) and priority; "
+    'refused ones are sdxl_requests_rejected_total{Reason="DeadlineUnreachable"}',
+)
 METRICS = (
     LATENCY, STAGE, IMAGES, REQUESTS, REJECTED, BATCH, GPU_MEMORY,
-    LORA_LOADS, LORA_HITS, LORA_EVICTIONS, LORA_LOAD_TIME, LORAS_LOADED,
+    LORA_LOADS, LORA_HITS, LORA_EVICTIONS, LORA_LOAD_TIME, LORAS_LOADED, DEADLINES,
 )  # fmt: skip
 LORA_EVENTS = {"load": LORA_LOADS, "hit": LORA_HITS, "evict": LORA_EVICTIONS}
 
@@ -144,6 +152,10 @@ def call_metrics(
         steps = str(request.num_inference_steps)
         observations.append(Observation(LATENCY, stage_ms[Stage.TOTAL] / 1000 / DEKASECONDS, {"Steps": steps}))
         observations.append(Observation(IMAGES, request.num_images_per_prompt, {}))
+        if request.deadline_s is not None:
+            met = stage_ms[Stage.TOTAL] / 1000 <= request.deadline_s
+            labels = {"Outcome": "met" if met else "missed", "Priority": str(request.priority)}
+            observations.append(Observation(DEADLINES, 1, labels))
         observations += [
             Observation(STAGE, stage_ms[key] / 1000 / DEKASECONDS, {"Stage": stage})
             for key, stage in STAGES.items()
@@ -171,12 +183,6 @@ def startup_observations(error_types: tuple[str, ...]) -> list[Observation]:
     return observations
 
 
-if __name__ == "__main__":
-    import yaml
-
-    print(yaml.safe_dump({"model_metrics": model_metrics_config()}, sort_keys=False))
-
-
 def markdown_table() -> str:
     """The handler's metrics as docs/deploy.md shows them (``python -m handler.runtime.metrics``)."""
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
@@ -184,5 +190,12 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    print(markdown_table())
+if __name__ == "__main__":  # the docs' table; --yaml: the model_metrics section for config/metrics.yaml
+    import sys
+
+    import yaml
+
+    yaml_wanted = "--yaml" in sys.argv
+    print(
+        yaml.safe_dump({"model_metrics": model_metrics_config()}, sort_keys=False) if yaml_wanted else markdown_table()
+    )

@@ -155,3 +155,16 @@ def test_an_impossible_deadline_is_a_503_with_retry_after_beside_requests_that_r
     replies = core.handle(rows)
     assert [reply.status for reply in replies] == [200, 503, 200]
     assert replies[1].json()["error"]["field"] == "deadline_s" and int(replies[1].headers["Retry-After"]) >= 1
+
+
+def test_deadlines_met_and_missed_become_metrics_by_priority(core):
+    from handler.runtime.metrics import DEADLINES, call_metrics
+
+    bodies = [{"prompt": "roomy", "deadline_s": 600, "priority": 2}, {"prompt": "none"},
+              {"prompt": "tight", "deadline_s": 1e-9, "priority": 7}]  # fmt: skip
+    call = core.run(core.parse([{"body": json.dumps(body).encode()} for body in bodies]))
+    replies = core.render(call)  # nothing measured yet in this core: the tight one is admitted, and misses
+    assert [reply.status for reply in replies] == [200, 200, 200]
+    counted = [(o.labels["Outcome"], o.labels["Priority"]) for o in call_metrics(call.size, call.ended)
+               if o.spec == DEADLINES]  # fmt: skip
+    assert sorted(counted) == [("met", "2"), ("missed", "7")]
