@@ -126,7 +126,14 @@ def test_base_and_refiner_stages_share_their_forwards_in_one_call_and_equal_solo
             "denoising_end": 0.8,
         },
         {"prompt": "a sea", "seed": 3, "num_inference_steps": 6},
-        {"prompt": "a sky", "seed": 4, "num_inference_steps": 4, "denoising_end": 0.5, "sampler": "dpmpp_2m"},
+        {
+            "prompt": "a sky++ (at night)0.8",
+            "prompt_syntax": "compel",
+            "seed": 4,
+            "num_inference_steps": 4,
+            "denoising_end": 0.5,
+            "sampler": "dpmpp_2m",
+        },  # compel's refiner half: the second encoder alone
     ]
     forwards = []
     original = core.denoiser._unet
