@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from handler.wire.events import PREVIEW, PROGRESS, RESULT, STATUS
+from handler.wire.events import PARKED, PREVIEW, PROGRESS, RESULT, STATUS
 
 from .client import APIError, SDXLClient
 from .jobs import JobsClient
@@ -150,6 +150,8 @@ def generate(args: argparse.Namespace) -> dict:
                 bar.total = event["total_steps"]
                 bar.update(event["step"] - bar.n)
                 bar.set_postfix(eta=f"{event['eta_s']:.1f}s")
+            elif event["event"] == PARKED:  # the server's step policy let more urgent requests step first
+                bar.set_postfix_str(f"parked at step {event['step']}")
             elif event["event"] == PREVIEW:
                 path = args.previews / f"step-{event['step']:03d}.jpg"
                 path.write_bytes(base64.b64decode(event["images"][0]))

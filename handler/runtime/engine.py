@@ -29,7 +29,7 @@ from handler.contract.stages import Stage
 from handler.model.denoise import Denoiser
 from handler.model.request_state import RequestState
 from handler.runtime.batching import Group, GroupKey, group_requests
-from handler.runtime.flight import Flight, step_report
+from handler.runtime.flight import Flight, StepReport, step_report
 from handler.runtime.side_work import SideWorker
 from handler.runtime.step_policy import StepPolicy, check_deadline
 
@@ -139,6 +139,8 @@ class Engine:
                 self._join_prepared(flights, wait=True)  # nothing to step until an image is encoded
                 continue
             chosen = self.policy.choose(active, time.perf_counter(), self.step_s)
+            for flight in chosen:
+                flight.waiting = False
             self._step(chosen)
             self._park([f for f in active if f not in chosen])
             steps += 1
@@ -204,7 +206,11 @@ class Engine:
         """Flights the policy left out of this step wait where they are; their time budget still runs."""
         now = time.perf_counter()
         for flight in parked:
+            if flight.request.stream and not flight.waiting:
+                state = flight.state
+                flight.reports.append(StepReport(state.step, state.total_steps, now - state.started, parked=True))
             flight.parked_steps += 1
+            flight.waiting = True
             self._expire(flight, now)
 
     def _expire(self, flight: Flight, now: float) -> None:

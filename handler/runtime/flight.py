@@ -21,6 +21,7 @@ class StepReport:
     total_steps: int
     elapsed_s: float
     preview_latents: Any = None  # this step's latents, on preview steps only
+    parked: bool = False  # not a step taken: the step policy left the request out from this step on
 
 
 def step_report(state: RequestState) -> StepReport:
@@ -55,6 +56,7 @@ class Flight:
     committed: bool = False  # bytes went out (HTTP 200 and headers sent): its last reply is a stream's end
     shared_steps: int = 0  # steps whose UNet forward it shared with other requests
     parked_steps: int = 0  # steps the step policy left it out of (handler.runtime.step_policy)
+    waiting: bool = False  # parked at the last step (a streamed request hears it once per wait)
     denoise_started: float | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     reports: list[StepReport] = field(default_factory=list)  # streamed steps not sent yet

@@ -16,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from handler.contract.a1111 import infotext
 from handler.contract.fields import IMAGE_CONTENT_TYPES
 from handler.contract.settings import HandlerSettings
-from handler.wire.events import PREVIEW, PROGRESS, event_line
+from handler.wire.events import PARKED, PREVIEW, PROGRESS, event_line
 
 # A linear map from SDXL's 4 latent channels to RGB (the approximation previewers such as ComfyUI's use):
 # a preview costs a 4x3 matmul on a 1/8-size latent instead of a VAE decode.
@@ -134,9 +134,13 @@ def preview_event(report: Any) -> bytes:
 
 
 def stream_lines(reports: list[Any]) -> bytes:
-    """The NDJSON lines of a request's step reports: each one's progress, and its preview where it has one."""
+    """The NDJSON lines of a request's step reports: each one's progress, and its preview where it has one; a
+    parked report is one ``parked`` event."""
     lines = []
     for report in reports:
+        if report.parked:
+            lines.append(event_line(PARKED, step=report.step, total_steps=report.total_steps))
+            continue
         lines.append(progress_event(report))
         if report.preview_latents is not None:
             lines.append(preview_event(report))

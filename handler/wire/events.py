@@ -9,12 +9,15 @@ from typing import Any
 
 PROGRESS = "progress"  # after each step: step, total_steps, elapsed_s, eta_s
 PREVIEW = "preview"  # every `preview_every` steps: low-resolution JPEGs decoded from the latents
+PARKED = (
+    "parked"  # the step policy left it out of a step (handler.runtime.step_policy): step, total_steps, once per wait
+)
 RESULT = "result"  # the last line of a success: the response body's fields
 ERROR = "error"  # the last line of a failure: code, type, message[, field, value]
 STATUS = "status"  # the job API's own: a job's status changed (pending, processing, completed, ...)
 
-STREAM_EVENTS = (PROGRESS, PREVIEW, RESULT, ERROR)
-RELAYED = (PROGRESS, PREVIEW)  # what a dispatcher copies into a job's log as they come
+STREAM_EVENTS = (PROGRESS, PREVIEW, PARKED, RESULT, ERROR)
+RELAYED = (PROGRESS, PREVIEW, PARKED)  # what a dispatcher copies into a job's log as they come
 
 
 def event_line(event: str, **fields: Any) -> bytes:

@@ -168,3 +168,19 @@ def test_deadlines_met_and_missed_become_metrics_by_priority(core):
     counted = [(o.labels["Outcome"], o.labels["Priority"]) for o in call_metrics(call.size, call.ended)
                if o.spec == DEADLINES]  # fmt: skip
     assert sorted(counted) == [("met", "2"), ("missed", "7")]
+
+
+def test_a_streamed_request_hears_parked_once_per_wait_then_progress_again(tiny_loaded, tiny_settings):
+    from tests.helpers import Frontend
+
+    settings = tiny_settings.with_changes(continuous=True, step_policy="priority", max_rows_per_step=2,
+                                          overlap_side_work=False)  # fmt: skip
+    frontend = Frontend(Core(tiny_loaded, settings), batch_size=4)
+    low = frontend.submit({"prompt": "low", "seed": 1, "num_inference_steps": 4, "stream": True})
+    frontend.call()
+    frontend.call()
+    frontend.submit({"prompt": "high", "seed": 2, "num_inference_steps": 3, "priority": 5})
+    frontend.run_until_idle()
+    events = [(event["event"], event.get("step")) for event in low.events()]
+    assert events == [("progress", 1), ("progress", 2), ("parked", 2), ("progress", 3), ("progress", 4),
+                      ("result", None)], events  # fmt: skip
