@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from scripts.triton_server import infer, start
@@ -97,10 +99,21 @@ def test_inputs_that_make_no_request_are_400s_naming_the_field(triton):
     client.close()
 
 
-def test_the_image_equals_torchserves_byte_for_byte(triton, server):
+def test_the_image_equals_torchserves_pixel_for_pixel_with_the_same_recipe(triton, server):
     body = {"prompt": "a lighthouse at dawn", "seed": 42, "num_inference_steps": 3, "guidance_scale": 6.0}
     served = server.predict(body)
     assert served.status_code == 200
     ours = infer(triton.url, body["prompt"], steps=3, seed=42, guidance_scale=6.0)
-    assert ours["image_bytes"] == base64.b64decode(served.json()["images"][0])
+    theirs = base64.b64decode(served.json()["images"][0])
     assert ours["parameters"] == served.json()["parameters"]
+    # The same pixels, bit for bit, and the same recipe but for its `Model:`, each server's own model name.
+    from tests.unit.test_infotext import parse_generation_parameters
+
+    pictures = [np.asarray(Image.open(io.BytesIO(png))) for png in (ours["image_bytes"], theirs)]
+    assert np.array_equal(*pictures)
+    recipes = [
+        parse_generation_parameters(Image.open(io.BytesIO(png)).info["parameters"])
+        for png in (ours["image_bytes"], theirs)
+    ]
+    assert all(recipe.pop("Model") for recipe in recipes)
+    assert recipes[0] == recipes[1]
