@@ -24,7 +24,7 @@ INSTALL_HINT = (
 )
 # ")" then a number: compel's explicit weight. The exponent form is caught so that `(cat)1e9` is refused,
 # not read as the text "cat e9".
-EXPLICIT_WEIGHT = re.compile(r"\)\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")
+EXPLICIT_WEIGHT = re.compile(r"\)((?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)")  # compel: no space before it
 
 
 # compel's default long-text split (SplitLongTextMode.SENTENCES, falling back to PHRASES, then WORDS): a chunk

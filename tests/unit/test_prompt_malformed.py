@@ -65,3 +65,12 @@ def test_twenty_plus_malformed_prompts_are_400s_naming_field_and_place_among_goo
         assert error["field"] == field and message in error["message"], (body, error)
         assert any(where in error["message"] for where in (" at position ", " chunks", " at character ")), error
     assert "byte 0xff at position 14" in replies[-1].json()["error"]["message"]
+
+
+def test_a_number_after_a_space_is_compels_text_not_a_weight():
+    pytest.importorskip("compel")
+    from handler.contract.prompt_syntax import weighted_pieces
+
+    assert weighted_pieces("a (photo) 1990s style", "compel") == [[[("a photo 1990s style", 1.0)]]]
+    assert weighted_pieces("(photo)2 cats", "compel") == [[[("photo", 2.0), ("cats", 1.0)]]]
+    assert weighted_pieces("(cat)-1", "compel") == [[[("cat", 0.9), ("1", 1.0)]]]  # `-` weighs, 1 is text
