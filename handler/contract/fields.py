@@ -177,7 +177,8 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "deadline_s",
         Number(0, "max_timeout_s", nullable=True, open_low=True),
-        "The image's target, seconds from arrival: the `edf` and `slack` step policies step the nearest first; "
+        "The image's target, seconds from arrival (a job's: from its dispatch): `edf` and `slack` step the nearest "
+        "first; "
         "a request whose estimated finish (its steps at the measured step time) misses it is refused at once "
         "with 503 and `Retry-After`. Unlike `timeout_s`, never stops a running request.",
         group="scheduling",
