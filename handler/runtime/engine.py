@@ -31,7 +31,7 @@ from handler.model.request_state import RequestState
 from handler.runtime.batching import Group, GroupKey, group_requests
 from handler.runtime.flight import Flight, StepReport, step_report
 from handler.runtime.side_work import SideWorker
-from handler.runtime.step_policy import StepPolicy, check_deadline
+from handler.runtime.step_policy import StepClock, StepPolicy, check_deadline
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,12 @@ class Engine:
         self.row_caps: dict[GroupKey, int] = {}
         self.in_flight: set[Flight] = set()  # admitted, not yet finished or aborted
         self.policy = policy or StepPolicy()
-        self.step_s: float | None = None  # seconds per shared step, a moving average: deadline estimates
+        self.clock = StepClock()  # seconds per shared step by rows: deadline estimates and the slack policy
 
     def admit(self, request: GenerationRequest, key: str, arrived: float, **details: Any) -> Flight:
         """Prepare a request (conditioning, its own scheduler, seeded noise): it takes its first step next. An
         init image is VAE-encoded on the side worker (beside the steps when it overlaps): it joins when done."""
-        check_deadline(request, arrived, self.step_s)
+        check_deadline(request, arrived, self.clock.estimate(self._rows_with(request)))
         names = [name for name, _ in request.loras]
         if names:
             self.denoiser.loras.acquire(names)  # loaded (first use) and pinned until it leaves
@@ -138,7 +138,8 @@ class Engine:
                     break
                 self._join_prepared(flights, wait=True)  # nothing to step until an image is encoded
                 continue
-            chosen = self.policy.choose(active, time.perf_counter(), self.step_s)
+            rows = sum(f.state.unet_rows for f in active)
+            chosen = self.policy.choose(active, time.perf_counter(), self.clock.estimate(self._budgeted(rows)))
             for flight in chosen:
                 flight.waiting = False
             self._step(chosen)
@@ -190,7 +191,7 @@ class Engine:
             for flight in members:
                 flight.shared_steps += len(members) > 1
         now = time.perf_counter()
-        self.step_s = now - started if self.step_s is None else 0.8 * self.step_s + 0.2 * (now - started)
+        self.clock.record(sum(f.state.unet_rows for f in active), now - started)
         for flight in active:
             state = flight.state
             if flight.done:  # failed in this step
@@ -201,6 +202,15 @@ class Engine:
                 self._expire(flight, now)
             if flight.request.stream and not flight.done:
                 flight.reports.append(step_report(state))
+
+    def _rows_with(self, request: GenerationRequest) -> int:
+        """UNet rows a step will take once ``request`` joins those in flight (within the step budget)."""
+        own = request.num_images_per_prompt * (2 if request.guidance_scale > 1 else 1)
+        in_flight = sum(f.state.unet_rows for f in self.in_flight if not f.done and not f.state.finished)
+        return max(own, self._budgeted(in_flight + own))
+
+    def _budgeted(self, rows: int) -> int:
+        return rows if self.policy.max_rows is None else min(rows, self.policy.max_rows)
 
     def _park(self, parked: list[Flight]) -> None:
         """Flights the policy left out of this step wait where they are; their time budget still runs."""

@@ -72,9 +72,40 @@ class StepPolicy:
         return (target - now - remaining, -level, *arrival)
 
 
+class StepClock:
+    """Seconds per shared step by the UNet rows it stepped, a moving average per row count: what a step will
+    take with so many rows (interpolated between known counts; beyond the largest, proportionally; below the
+    smallest, as the smallest). Keyed by rows so that a burst's slow steps do not make an idle server refuse the
+    next deadline: the next estimate is for the rows that will step then."""
+
+    def __init__(self, smoothing: float = 0.2):
+        self.smoothing = smoothing
+        self.by_rows: dict[int, float] = {}
+
+    def record(self, rows: int, seconds: float) -> None:
+        known = self.by_rows.get(rows)
+        self.by_rows[rows] = seconds if known is None else (1 - self.smoothing) * known + self.smoothing * seconds
+
+    def estimate(self, rows: int) -> float | None:
+        """Seconds for one step of ``rows`` rows; None before any step."""
+        if not self.by_rows:
+            return None
+        if rows in self.by_rows:
+            return self.by_rows[rows]
+        below = max((r for r in self.by_rows if r < rows), default=None)
+        above = min((r for r in self.by_rows if r > rows), default=None)
+        if below is None:
+            return self.by_rows[above]
+        if above is None:
+            return self.by_rows[below] * rows / below
+        share = (rows - below) / (above - below)
+        return self.by_rows[below] + share * (self.by_rows[above] - self.by_rows[below])
+
+
 def check_deadline(request: Any, arrived: float, step_s: float | None) -> None:
-    """Refuse, before any work, a request whose ``deadline_s`` its steps at the measured step time (``step_s``;
-    None before the first step: nothing to refuse on) miss.
+    """Refuse, before any work, a request whose ``deadline_s`` its steps at ``step_s`` each miss (the
+    :class:`StepClock`'s estimate for the rows that will step with it; None before the first step: nothing to
+    refuse on).
 
     Raises:
         DeadlineUnreachable: 503, with the estimate as ``Retry-After``.

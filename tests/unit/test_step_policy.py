@@ -89,6 +89,22 @@ def test_a_deadline_the_measured_step_time_misses_is_refused_with_the_estimate()
     check_deadline(request, time.perf_counter(), step_s=None)  # nothing measured yet: admitted
 
 
+def test_the_step_clock_estimates_by_rows_so_a_burst_does_not_lock_out_the_idle_server():
+    from handler.runtime.step_policy import StepClock
+
+    clock = StepClock()
+    assert clock.estimate(2) is None
+    clock.record(2, 0.010)  # warmup: one guided image
+    for _ in range(20):
+        clock.record(8, 0.040)  # a burst of 4 guided images per step
+    assert clock.estimate(2) == pytest.approx(0.010)  # idle again: one request's own step, not the burst's
+    assert clock.estimate(4) == pytest.approx(0.020)  # between two known counts: interpolated
+    assert clock.estimate(16) == pytest.approx(0.080)  # past the largest: proportional
+    assert clock.estimate(1) == pytest.approx(0.010)  # below the smallest: no faster than it
+    clock.record(2, 0.020)
+    assert clock.estimate(2) == pytest.approx(0.012)  # a moving average (0.2 of the new one)
+
+
 def test_bad_policy_settings_fail_at_startup():
     with pytest.raises(ConfigError, match="step_policy must be one of fifo, priority, edf, slack but is 'lifo'"):
         HandlerSettings.from_yaml({"handler": {"step_policy": "lifo"}})
