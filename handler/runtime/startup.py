@@ -13,6 +13,7 @@ from handler.contract.request import GenerationRequest
 from handler.contract.settings import HandlerSettings, check_defaults
 from handler.model.loading import load_pipeline
 from handler.runtime.core import Core
+from handler.runtime.step_policy import StepClock
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def warm_up(core: Core, budget_s: float | None = None) -> list[float]:
         if failed is not None:
             raise failed
         log.info("warmup %s: %.2f s", name, seconds[-1])
+    # Warmup steps pay one-time costs (allocation, first kernels): deadline estimates start from real traffic.
+    core.engine.clock = StepClock()
     return seconds
 
 

@@ -75,31 +75,36 @@ class StepPolicy:
 class StepClock:
     """Seconds per shared step by the UNet rows it stepped, a moving average per row count: what a step will
     take with so many rows (interpolated between known counts; beyond the largest, proportionally; below the
-    smallest, as the smallest). Keyed by rows so that a burst's slow steps do not make an idle server refuse the
-    next deadline: the next estimate is for the rows that will step then."""
+    smallest, as the smallest). Keyed by rows, so that a burst's slow steps do not stand for an idle server's;
+    a count not stepped for ``max_age_s`` is forgotten, so refusals made on an estimate cannot outlive it (a
+    refused request steps nothing that would correct it)."""
 
-    def __init__(self, smoothing: float = 0.2):
-        self.smoothing = smoothing
-        self.by_rows: dict[int, float] = {}
+    def __init__(self, smoothing: float = 0.2, max_age_s: float = 60.0):
+        self.smoothing, self.max_age_s = smoothing, max_age_s
+        self.by_rows: dict[int, tuple[float, float]] = {}  # rows -> (seconds, when recorded)
 
-    def record(self, rows: int, seconds: float) -> None:
+    def record(self, rows: int, seconds: float, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
         known = self.by_rows.get(rows)
-        self.by_rows[rows] = seconds if known is None else (1 - self.smoothing) * known + self.smoothing * seconds
+        average = seconds if known is None else (1 - self.smoothing) * known[0] + self.smoothing * seconds
+        self.by_rows[rows] = (average, now)
 
-    def estimate(self, rows: int) -> float | None:
-        """Seconds for one step of ``rows`` rows; None before any step."""
-        if not self.by_rows:
+    def estimate(self, rows: int, now: float | None = None) -> float | None:
+        """Seconds for one step of ``rows`` rows; None with nothing recent to go by."""
+        now = time.perf_counter() if now is None else now
+        known = {r: seconds for r, (seconds, at) in self.by_rows.items() if now - at <= self.max_age_s}
+        if not known:
             return None
-        if rows in self.by_rows:
-            return self.by_rows[rows]
-        below = max((r for r in self.by_rows if r < rows), default=None)
-        above = min((r for r in self.by_rows if r > rows), default=None)
+        if rows in known:
+            return known[rows]
+        below = max((r for r in known if r < rows), default=None)
+        above = min((r for r in known if r > rows), default=None)
         if below is None:
-            return self.by_rows[above]
+            return known[above]
         if above is None:
-            return self.by_rows[below] * rows / below
+            return known[below] * rows / below
         share = (rows - below) / (above - below)
-        return self.by_rows[below] + share * (self.by_rows[above] - self.by_rows[below])
+        return known[below] + share * (known[above] - known[below])
 
 
 def check_deadline(request: Any, arrived: float, step_s: float | None) -> None:

@@ -103,6 +103,10 @@ def test_the_step_clock_estimates_by_rows_so_a_burst_does_not_lock_out_the_idle_
     assert clock.estimate(1) == pytest.approx(0.010)  # below the smallest: no faster than it
     clock.record(2, 0.020)
     assert clock.estimate(2) == pytest.approx(0.012)  # a moving average (0.2 of the new one)
+    import time
+
+    later = time.perf_counter() + 61
+    assert clock.estimate(2, now=later) is None  # a minute without steps: nothing to refuse on
 
 
 def test_bad_policy_settings_fail_at_startup():
