@@ -7,8 +7,10 @@ same Poisson arrivals at fractions of capacity.
 The mix: 20 % high priority (priority 5, ``--high-steps`` 4 steps), 80 % low (priority 0, ``--low-steps``);
 every request has a deadline of ``--deadline-factor`` x its class's unloaded latency (measured first, alone).
 Modes, one TorchServe: ``static-fifo`` (batchSize B), ``continuous-fifo`` (continuousBatching, batchSize B),
-and per ``--policies`` ``continuous-<policy>``: batchSize 2B admitted, ``max_rows_per_step`` = 2B rows (B guided
-requests step), ``step_policy`` <policy>. Capacity: continuous-fifo's closed-loop rate on the mix. Reported per
+and per ``--policies`` ``continuous-<policy>``: batchSize ``--admit-factor`` x B admitted (a new request must get
+in to be chosen: with 2B, parked low-priority requests filled the slots under overload and the urgent ones
+queued in TorchServe, FIFO), ``max_rows_per_step`` = 2B rows (B guided requests step), ``step_policy``
+<policy>. Capacity: continuous-fifo's closed-loop rate on the mix. Reported per
 (load, mode): p95 latency per class, deadline attainment (finished within the deadline; refused = missed),
 refusals (503), images/s. Writes results.json into --out and prints a markdown table.
 """
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> dict:
     configs["continuous-fifo"].update(continuousBatching=True, maxBatchDelay=5)
     for policy in args.policies:
         config = copy.deepcopy(configs["continuous-fifo"])
-        config["batchSize"] = 2 * batch
+        config["batchSize"] = args.admit_factor * batch
         config["handler"].update(step_policy=policy, max_rows_per_step=2 * batch)
         configs[f"continuous-{policy}"] = config
 
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loads", type=lambda t: [float(x) for x in t.split(",")], default=[0.8, 1.0, 1.3])
     parser.add_argument("--requests", type=int, default=40, help="requests per open-loop run (default 40)")
     parser.add_argument("--capacity-requests", type=int, default=32, help="closed-loop requests (default 32)")
+    parser.add_argument("--admit-factor", type=int, default=4,
+                        help="policy modes admit this x B requests (batchSize) for B to step (default 4)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results" / f"{datetime.now():%Y-%m-%d}-priority"))
     run(parser.parse_args(argv))
