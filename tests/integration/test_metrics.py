@@ -38,6 +38,7 @@ def test_dashboard_and_alert_queries_name_series_the_server_really_exports(serve
 
     server.predict({"prompt": "dashboard", "num_inference_steps": 2})
     server.predict({"prompt": "dashboard", "width": 9})
+    server.predict({"prompt": "dashboard", "num_inference_steps": 2, "deadline_s": 600})  # sdxl_deadlines_total
     used = set().union(*(referenced_metrics(e) for e in dashboard_exprs() + [r["expr"] for r in alert_rules()]))
     # GPU series exist only where there is a GPU, LoRA series only with a catalogue (tests/integration/
     # test_loras.py scrapes those); everything else must be on this CPU server's /metrics.
