@@ -29,7 +29,7 @@ from pathlib import Path
 
 import requests
 
-from bench.openloop_load import arrival_schedule, open_loop, send_streamed
+from bench.openloop_load import arrival_schedule, capacity_rps, open_loop, send_streamed
 from bench.variants import build_variant, machine_info, model_yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -82,29 +82,6 @@ def summarize(outcomes: list, kinds: list[str], deadlines: dict[str, float]) -> 
     return figures
 
 
-def capacity_rps(send, clients: int, total: int) -> float:
-    """Closed-loop requests/s of the mix from ``clients`` clients."""
-    done, lock, counter = [], threading.Lock(), iter(range(total))
-
-    def client() -> None:
-        while True:
-            with lock:
-                index = next(counter, None)
-            if index is None:
-                return
-            outcome = send(index, time.perf_counter())
-            with lock:
-                done.append(outcome.status == 200)
-
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(done) / (time.perf_counter() - started)
-
-
 def run(args: argparse.Namespace) -> dict:
     from handler.model.tiny_model import save_tiny_pipeline
     from scripts.torchserve_control import TorchServe, loopback_addresses, write_config
@@ -142,7 +119,8 @@ def run(args: argparse.Namespace) -> dict:
         unloaded = {kind: statistics.median(alone(i, time.perf_counter()).latency_s for _ in range(3))
                     for i, kind in enumerate(("high", "low"))}  # fmt: skip
         deadlines = {kind: args.deadline_factor * latency for kind, latency in unloaded.items()}
-        capacity = capacity_rps(sender(server, "continuous-fifo", kinds, args, None), 2 * batch, args.capacity_requests)
+        mix = sender(server, "continuous-fifo", kinds, args, None)
+        capacity = capacity_rps(mix, 2 * batch, args.capacity_requests)["rps"]
         results.update(unloaded_s=unloaded, deadlines_s=deadlines, capacity_rps=round(capacity, 3))
         print(f"unloaded {unloaded}, deadlines {deadlines}, capacity {capacity:.2f} req/s", flush=True)
         # 3. Each load, each mode on the same arrivals (order alternating per load).
